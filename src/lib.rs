@@ -1,0 +1,2 @@
+//! gprof-rs: snapshot every task of a running `target-runtime` process.
+pub mod model;

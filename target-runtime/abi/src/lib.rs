@@ -1,0 +1,494 @@
+//! The shared-memory ABI between `target-runtime` and `gprof-rs`.
+//!
+//! This crate is the single definition of every byte the runtime shares with the
+//! profiler. Both sides compile against it; nobody re-declares an offset by hand.
+//!
+//! # Rules for the types here
+//!
+//! * `#[repr(C)]`, fields are `u32`/`u64` (or their atomic twins, which have the same
+//!   layout). No Rust `enum`, `bool`, reference or niche type: the profiler reads these
+//!   bytes from another process, and every bit pattern must be a valid value.
+//! * Enumerations are `u32` with associated constants ([`TaskState`], [`WaitReason`]).
+//! * Every struct's size is asserted at compile time, so a change to a layout is a
+//!   compile error until [`ABI_VERSION`] is bumped and the asserts are updated.
+//!
+//! # How the profiler finds the region
+//!
+//! The runtime exports a [`Descriptor`] under the symbol [`DESCRIPTOR_SYMBOL`]. When the
+//! runtime first starts it creates a memfd (`MFD_CLOEXEC | MFD_ALLOW_SEALING`, mode
+//! 0600), sizes it sparse with `ftruncate`, seals it against shrinking and growing, maps
+//! it `MAP_SHARED`, fills the [`ControlBlock`] and then publishes the region's address in
+//! the descriptor (a release store of `region_addr`). The profiler reads the descriptor
+//! with `process_vm_readv`, opens `/proc/PID/fd/<memfd>` itself and maps the same pages.
+//!
+//! # Region layout
+//!
+//! ```text
+//! 0                      ControlBlock (CONTROL_SIZE bytes reserved)
+//! worker_off             WorkerRecord x worker_cap
+//! slot_off               TaskSlot x slot_cap          (sparse: pages touched on use)
+//! arena_off              self-recorded stacks, arena_len bytes (sparse)
+//! ```
+//!
+//! # Profile protocol (the write-ordering contract)
+//!
+//! A profile is a *session* with generation `g` (see [`session`]). Each task slot has a
+//! profile word `prof` (see [`prof`]) that packs a generation and a state. A word whose
+//! generation is not the current session's reads as ABSENT, so no reset pass is needed
+//! after a profile.
+//!
+//! 1. STW 1 (the profiler has ptrace-stopped every thread): the profiler stores
+//!    `session = g | ACTIVE`, resets `arena_used`, and records itself every task that a
+//!    worker record names as current (from ptrace registers if the thread's stack pointer
+//!    is inside that task's stack, otherwise from the slot's saved registers), marking
+//!    each `SATISFIED(g)`.
+//! 2. Concurrent phase: for each slot the profiler CASes `prof` from a stale
+//!    generation to `IN_PROGRESS(g)`, copies the saved registers and the live stack,
+//!    then CASes to `SATISFIED(g)`. If that last CAS fails the runtime revoked the hold
+//!    (`TORN(g)`), and the copy is discarded. The runtime, before it switches to a task,
+//!    does the same first CAS; when it wins it copies the task into the arena
+//!    ([`ArenaRecord`]) and stores `SATISFIED(g)` with release ordering. When it finds
+//!    `IN_PROGRESS(g)` it waits, bounded by the lease.
+//! 3. STW 2: the profiler stores `session = g` (ACTIVE cleared), reads `arena_used` and
+//!    the arena, and detaches.
+//!
+//! Task creation: the spawner writes the slot with `prof = UNBORN`, then publishes
+//! `task_id` (SeqCst), then loads `session` (SeqCst) and CASes `prof` from `UNBORN` to
+//! `SATISFIED(g)` when a session is active (the task is newer than STW 1) or to
+//! `ABSENT` of the session's generation otherwise. The profiler never takes an `UNBORN`
+//! slot; it looks at it again after its walk. Task exit stores `task_id = 0` and
+//! `prof = FREE` after the task is SATISFIED for any active session.
+//!
+//! Liveness: the profiler holds `flock(LOCK_EX)` on its own open of `/proc/PID/fd/N`
+//! and bumps `heartbeat`. The runtime probes the lock with `LOCK_SH | LOCK_NB` on its
+//! own descriptor: if it can take it, the profiler is gone and the session is aborted.
+//! A held task whose heartbeat does not move for `lease_ms` is taken back (`TORN`).
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use core::mem::size_of;
+use core::sync::atomic::{AtomicU32, AtomicU64};
+
+/// Name of the exported [`Descriptor`] symbol.
+pub const DESCRIPTOR_SYMBOL: &str = "GPROF_RT_DESCRIPTOR";
+
+/// `b"GPROFRT1"` read as a little-endian `u64`; first field of the descriptor and of the
+/// control block.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"GPROFRT1");
+
+/// Version of everything in this crate. Bumped on any change of layout or protocol.
+pub const ABI_VERSION: u32 = 2;
+
+/// Bytes reserved for the [`ControlBlock`] at offset 0 of the region.
+pub const CONTROL_SIZE: u64 = 4096;
+/// Most worker threads a region describes.
+pub const WORKER_CAP: u32 = 256;
+/// Bytes of a slot's inline name.
+pub const NAME_CAP: usize = 40;
+/// Bytes of a slot's inline labels (`key\0value\0` pairs).
+pub const LABELS_CAP: usize = 352;
+/// Largest stack copy (bytes) one record keeps; deeper stacks are truncated and flagged.
+pub const MAX_STACK_COPY: u64 = 256 * 1024;
+
+/// The exported entry point. Lives in the target's `.data`; everything else is reached
+/// through `region_addr`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Descriptor {
+    /// [`MAGIC`].
+    pub magic: u64,
+    /// [`ABI_VERSION`] of the runtime that wrote it.
+    pub abi_version: u32,
+    /// `size_of::<Descriptor>()`.
+    pub descriptor_size: u32,
+    /// Address of the mapped region in the target, 0 until the runtime has started.
+    pub region_addr: AtomicU64,
+    /// Length of the region in bytes.
+    pub region_len: AtomicU64,
+    /// File descriptor number of the memfd in the target.
+    pub memfd: AtomicU32,
+    /// `size_of::<ControlBlock>()`.
+    pub control_size: u32,
+    /// `size_of::<WorkerRecord>()`.
+    pub worker_record_size: u32,
+    /// `size_of::<TaskSlot>()`.
+    pub slot_size: u32,
+}
+const _: () = assert!(size_of::<Descriptor>() == 48);
+
+impl Descriptor {
+    /// The value the runtime exports before it has started.
+    pub const fn new() -> Self {
+        Descriptor {
+            magic: MAGIC,
+            abi_version: ABI_VERSION,
+            descriptor_size: size_of::<Descriptor>() as u32,
+            region_addr: AtomicU64::new(0),
+            region_len: AtomicU64::new(0),
+            memfd: AtomicU32::new(u32::MAX),
+            control_size: size_of::<ControlBlock>() as u32,
+            worker_record_size: size_of::<WorkerRecord>() as u32,
+            slot_size: size_of::<TaskSlot>() as u32,
+        }
+    }
+}
+
+impl Default for Descriptor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Header of the shared region.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ControlBlock {
+    /// [`MAGIC`].
+    pub magic: u64,
+    /// [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// `size_of::<ControlBlock>()`.
+    pub control_size: u32,
+    /// Total length of the region.
+    pub region_len: u64,
+    /// Offset of the worker records.
+    pub worker_off: u64,
+    /// Number of worker records.
+    pub worker_cap: u32,
+    /// `size_of::<WorkerRecord>()`.
+    pub worker_record_size: u32,
+    /// Offset of the task slots.
+    pub slot_off: u64,
+    /// Number of task slots.
+    pub slot_cap: u32,
+    /// `size_of::<TaskSlot>()`.
+    pub slot_size: u32,
+    /// Offset of the arena for self-recorded stacks.
+    pub arena_off: u64,
+    /// Length of the arena.
+    pub arena_len: u64,
+    /// Pid of the process that created the region.
+    pub runtime_pid: u32,
+    /// Reserved.
+    pub _reserved0: u32,
+    /// Slots `[0, slot_hwm)` have ever been used; the profiler walks only those.
+    pub slot_hwm: AtomicU64,
+    /// Next task id to hand out (ids start at 1).
+    pub next_task_id: AtomicU64,
+    /// Number of worker records in use, `[0, worker_count)`.
+    pub worker_count: AtomicU32,
+    /// Reserved.
+    pub _reserved1: u32,
+    /// Tasks alive now (spawned and not yet exited).
+    pub live_tasks: AtomicU64,
+
+    // ---- profile state ----
+    /// Generation and flags of the current session, see [`session`].
+    pub session: AtomicU64,
+    /// Bumped by the profiler at least every few milliseconds while it holds a session.
+    pub heartbeat: AtomicU64,
+    /// Pid of the profiler that owns the session (diagnostics only: the lease decides).
+    pub owner_pid: AtomicU64,
+    /// The runtime takes back a held task after the heartbeat stood still this long.
+    pub lease_ms: AtomicU32,
+    /// A session older than this (runtime clock) is aborted by the runtime.
+    pub session_cap_ms: AtomicU32,
+    /// Bytes of the arena in use in this session.
+    pub arena_used: AtomicU64,
+    /// Tasks the runtime recorded itself in this session.
+    pub self_recorded: AtomicU64,
+    /// Tasks the runtime could not record because the arena was full (left to the tool).
+    pub arena_full: AtomicU64,
+    /// Holds the runtime took back from a silent profiler (total).
+    pub revoked: AtomicU64,
+    /// Sessions the runtime aborted because the profiler went away (total).
+    pub aborted: AtomicU64,
+    /// Nanoseconds (CLOCK_MONOTONIC) at which the current session started, by the
+    /// runtime's clock: set by the runtime when it first sees the session.
+    pub session_seen_ns: AtomicU64,
+    /// Sessions started (total), written by the profiler.
+    pub sessions: AtomicU64,
+}
+const _: () = assert!(size_of::<ControlBlock>() == 200);
+const _: () = assert!(size_of::<ControlBlock>() as u64 <= CONTROL_SIZE);
+
+/// One record per worker thread.
+#[repr(C)]
+#[derive(Debug)]
+pub struct WorkerRecord {
+    /// Kernel thread id, 0 when the record is unused.
+    pub tid: AtomicU32,
+    /// [`WorkerRecord::IDLE`] or [`WorkerRecord::ACTIVE`].
+    pub status: AtomicU32,
+    /// Slot index + 1 of the task this worker is about to run or is running, 0 for none.
+    /// Set before the scheduler checks the profile barrier and cleared after the task
+    /// has switched away, so a thread stopped anywhere in between names its task.
+    pub current: AtomicU64,
+    /// Switches into tasks made by this worker (statistics).
+    pub switches: AtomicU64,
+    /// Reserved.
+    pub _reserved: [u64; 5],
+}
+const _: () = assert!(size_of::<WorkerRecord>() == 64);
+
+impl WorkerRecord {
+    /// Record free or worker parked.
+    pub const IDLE: u32 = 0;
+    /// Worker running its scheduler loop.
+    pub const ACTIVE: u32 = 1;
+}
+
+/// Saved registers of a suspended task, enough to start a DWARF unwind.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct SavedRegs {
+    /// Stack pointer at the suspension point.
+    pub sp: AtomicU64,
+    /// Instruction pointer at which the task resumes (the switch's resume point).
+    pub pc: AtomicU64,
+    /// Frame pointer.
+    pub fp: AtomicU64,
+}
+
+/// One task's entry in the shared table. Slots are reused, never moved.
+#[repr(C)]
+#[derive(Debug)]
+pub struct TaskSlot {
+    /// Task id, 0 when the slot is free.
+    pub task_id: AtomicU64,
+    /// Profile word, see [`prof`].
+    pub prof: AtomicU64,
+    /// [`TaskState`].
+    pub state: AtomicU32,
+    /// [`WaitReason`] while waiting.
+    pub wait_reason: AtomicU32,
+    /// CLOCK_MONOTONIC nanoseconds at which the current wait began.
+    pub wait_since_ns: AtomicU64,
+    /// Id of the task that spawned this one (0 for a root task).
+    pub parent_id: AtomicU64,
+    /// [`TaskSlot::FLAG_SYSTEM`] and friends.
+    pub flags: AtomicU32,
+    /// Bytes used in `name`.
+    pub name_len: AtomicU32,
+    /// Registers saved when the task last switched away.
+    pub saved: SavedRegs,
+    /// Lowest usable stack address (just above the guard page).
+    pub stack_lo: AtomicU64,
+    /// One past the highest stack address (the stack's top).
+    pub stack_hi: AtomicU64,
+    /// Address in the target of the spawn site's file name (UTF-8, not NUL-terminated).
+    pub spawn_file_addr: AtomicU64,
+    /// Length of that file name.
+    pub spawn_file_len: AtomicU32,
+    /// Line of the spawn site.
+    pub spawn_line: AtomicU32,
+    /// An instruction address inside the function that spawned the task.
+    pub spawn_pc: AtomicU64,
+    /// Seqlock for `name` and `labels`: odd while they are being written.
+    pub meta_seq: AtomicU32,
+    /// Bytes used in `labels`.
+    pub labels_len: AtomicU32,
+    /// The task's name (UTF-8).
+    pub name: [u8; NAME_CAP],
+    /// Labels as `key\0value\0` pairs (UTF-8).
+    pub labels: [u8; LABELS_CAP],
+}
+const _: () = assert!(size_of::<TaskSlot>() == 512);
+
+impl TaskSlot {
+    /// Runtime-internal task (Go's system goroutine).
+    pub const FLAG_SYSTEM: u32 = 1;
+    /// Labels did not fit `LABELS_CAP` and were cut.
+    pub const FLAG_LABELS_TRUNCATED: u32 = 2;
+}
+
+/// Values of [`TaskSlot::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskState;
+impl TaskState {
+    /// Ready to run, in a run queue.
+    pub const RUNNABLE: u32 = 1;
+    /// On a worker.
+    pub const RUNNING: u32 = 2;
+    /// Parked; see the wait reason.
+    pub const WAITING: u32 = 3;
+    /// Finished.
+    pub const DEAD: u32 = 4;
+
+    /// Go-style name of a state value.
+    pub fn name(v: u32) -> &'static str {
+        match v {
+            Self::RUNNABLE => "runnable",
+            Self::RUNNING => "running",
+            Self::WAITING => "waiting",
+            Self::DEAD => "dead",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Values of [`TaskSlot::wait_reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitReason;
+impl WaitReason {
+    /// Not waiting.
+    pub const NONE: u32 = 0;
+    /// Blocked sending on a channel.
+    pub const CHAN_SEND: u32 = 1;
+    /// Blocked receiving from a channel.
+    pub const CHAN_RECV: u32 = 2;
+    /// Blocked in a select over several channels.
+    pub const SELECT: u32 = 3;
+    /// Sleeping.
+    pub const SLEEP: u32 = 4;
+    /// Waiting for a mutex.
+    pub const MUTEX: u32 = 5;
+    /// Waiting on a wait group.
+    pub const WAIT_GROUP: u32 = 6;
+    /// Waiting for another task to finish.
+    pub const JOIN: u32 = 7;
+    /// Waiting for I/O or a blocking call moved off the workers.
+    pub const IO: u32 = 8;
+
+    /// Go-style name of a wait reason value, as `goroutine N [name]:` shows it.
+    pub fn name(v: u32) -> &'static str {
+        match v {
+            Self::NONE => "",
+            Self::CHAN_SEND => "chan send",
+            Self::CHAN_RECV => "chan receive",
+            Self::SELECT => "select",
+            Self::SLEEP => "sleep",
+            Self::MUTEX => "sync.Mutex.Lock",
+            Self::WAIT_GROUP => "sync.WaitGroup.Wait",
+            Self::JOIN => "join",
+            Self::IO => "IO wait",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Packing of [`ControlBlock::session`]: `generation << 2 | flags`.
+pub mod session {
+    /// A profile is in progress.
+    pub const ACTIVE: u64 = 1;
+    /// The runtime gave up on the session (the profiler died or overran its cap).
+    pub const ABORTED: u64 = 2;
+    /// Generation of a session word.
+    pub const fn generation(word: u64) -> u64 {
+        word >> 2
+    }
+    /// Is the session active (and not aborted)?
+    pub const fn is_active(word: u64) -> bool {
+        word & (ACTIVE | ABORTED) == ACTIVE
+    }
+    /// Build a session word.
+    pub const fn pack(generation: u64, flags: u64) -> u64 {
+        (generation << 2) | (flags & 3)
+    }
+}
+
+/// Packing of [`TaskSlot::prof`]: `generation << 2 | state`.
+///
+/// Generations are 62 bits and start at 1; the all-ones generation marks the two
+/// special words [`prof::UNBORN`] and [`prof::FREE`], which never match a session.
+pub mod prof {
+    /// Not yet recorded in the profile of this generation.
+    pub const ABSENT: u64 = 0;
+    /// Being recorded by whoever won the CAS.
+    pub const IN_PROGRESS: u64 = 1;
+    /// Recorded (or born after the profile started).
+    pub const SATISFIED: u64 = 2;
+    /// The runtime took the task back from a silent profiler; the profiler's copy is void.
+    pub const TORN: u64 = 3;
+    /// Generation bits of the two special words.
+    pub const SPECIAL_GEN: u64 = u64::MAX >> 2;
+    /// A slot being filled by its spawner.
+    pub const UNBORN: u64 = (SPECIAL_GEN << 2) | 0;
+    /// A free slot.
+    pub const FREE: u64 = (SPECIAL_GEN << 2) | 1;
+    /// Generation of a profile word.
+    pub const fn generation(word: u64) -> u64 {
+        word >> 2
+    }
+    /// State bits of a profile word.
+    pub const fn state(word: u64) -> u64 {
+        word & 3
+    }
+    /// Build a profile word.
+    pub const fn pack(generation: u64, state: u64) -> u64 {
+        (generation << 2) | (state & 3)
+    }
+    /// Does this word read as ABSENT for a session of generation `g`?
+    pub const fn is_absent_for(word: u64, g: u64) -> bool {
+        let gen = generation(word);
+        gen != SPECIAL_GEN && (gen != g || state(word) == ABSENT)
+    }
+}
+
+/// Header of one record in the arena; the stack bytes follow, then padding to 16.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArenaRecord {
+    /// Index of the task's slot.
+    pub slot: u32,
+    /// [`ArenaRecord::FLAG_TRUNCATED`].
+    pub flags: u32,
+    /// Task id at the time of the record.
+    pub task_id: u64,
+    /// Session generation it belongs to.
+    pub generation: u64,
+    /// Saved stack pointer; the copied bytes start here.
+    pub sp: u64,
+    /// Saved instruction pointer.
+    pub pc: u64,
+    /// Saved frame pointer.
+    pub fp: u64,
+    /// Bytes of stack that follow this header.
+    pub stack_len: u64,
+    /// Task state when recorded.
+    pub state: u32,
+    /// Wait reason when recorded.
+    pub wait_reason: u32,
+}
+const _: () = assert!(size_of::<ArenaRecord>() == 64);
+
+impl ArenaRecord {
+    /// The stack was longer than [`MAX_STACK_COPY`] and was cut.
+    pub const FLAG_TRUNCATED: u32 = 1;
+    /// Bytes a record with `stack_len` bytes of stack takes in the arena.
+    pub const fn footprint(stack_len: u64) -> u64 {
+        (size_of::<ArenaRecord>() as u64 + stack_len + 15) & !15
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_words_never_read_absent() {
+        for g in [1, 2, 1000, prof::SPECIAL_GEN - 1] {
+            assert!(!prof::is_absent_for(prof::UNBORN, g));
+            assert!(!prof::is_absent_for(prof::FREE, g));
+            assert!(prof::is_absent_for(prof::pack(g - 1, prof::SATISFIED), g));
+            assert!(!prof::is_absent_for(prof::pack(g, prof::SATISFIED), g));
+            assert!(!prof::is_absent_for(prof::pack(g, prof::IN_PROGRESS), g));
+        }
+    }
+
+    #[test]
+    fn session_flags() {
+        assert!(session::is_active(session::pack(5, session::ACTIVE)));
+        assert!(!session::is_active(session::pack(5, session::ACTIVE | session::ABORTED)));
+        assert!(!session::is_active(session::pack(5, 0)));
+        assert_eq!(session::generation(session::pack(5, 3)), 5);
+    }
+
+    #[test]
+    fn arena_footprint_is_aligned() {
+        assert_eq!(ArenaRecord::footprint(0), 64);
+        assert_eq!(ArenaRecord::footprint(1), 80);
+        assert_eq!(ArenaRecord::footprint(16), 80);
+    }
+}
