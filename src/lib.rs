@@ -1,2 +1,4 @@
 //! gprof-rs: snapshot every task of a running `target-runtime` process.
 pub mod model;
+pub mod symbolize;
+pub mod unwind;

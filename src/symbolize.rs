@@ -1,0 +1,343 @@
+//! Address → function, file:line, with inlined frames, for the target's modules.
+//!
+//! Each ELF file is read once (keyed by path and build id, see
+//! [`FileKey`](crate::unwind::FileKey)); its DWARF goes to `addr2line` and its symbol
+//! table is kept sorted for the fallback. Results are cached per lookup address, so a
+//! return address shared by 100k tasks is symbolized once.
+//!
+//! Fallbacks, in order: DWARF (`addr2line`, inlined frames innermost first) → the ELF
+//! symbol table (`.symtab`, then `.dynsym`) → `module+0xsvma` → `0xaddr` for an
+//! address outside every module.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use gimli::EndianArcSlice;
+use gimli::RunTimeEndian;
+use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+
+use crate::model::ModuleInfo;
+use crate::unwind::file::{self, FileKey, FileSource, LoadSegment};
+use crate::unwind::lookup_address;
+
+/// One (possibly inlined) function frame at an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SymFrame {
+    /// Demangled function name, without the Rust `::h<hash>` suffix.
+    pub function: String,
+    /// Source file, if debug info has one.
+    pub file: Option<String>,
+    /// Source line, 0 if unknown.
+    pub line: u32,
+    /// Address (avma) of the start of the machine-code function that contains the
+    /// address (for inlined frames, the function they were inlined into), if known.
+    /// `lookup address - entry` is the `+0x..` offset of Go's text formats.
+    pub entry: Option<u64>,
+}
+
+type Reader = EndianArcSlice<RunTimeEndian>;
+
+struct Sym {
+    svma: u64,
+    size: u64,
+    name: String,
+}
+
+/// What is kept of one ELF file.
+struct SymFile {
+    ctx: Option<addr2line::Context<Reader>>,
+    /// Sorted by svma.
+    symbols: Vec<Sym>,
+    segments: Vec<LoadSegment>,
+}
+
+impl SymFile {
+    fn parse(bytes: &[u8]) -> Result<SymFile, String> {
+        let obj = object::File::parse(bytes).map_err(|e| format!("not a valid ELF file: {e}"))?;
+        let endian = if obj.is_little_endian() {
+            RunTimeEndian::Little
+        } else {
+            RunTimeEndian::Big
+        };
+        let ctx = if obj.section_by_name(".debug_info").is_some() {
+            let load = |id: gimli::SectionId| -> Result<Reader, gimli::Error> {
+                let data: Arc<[u8]> = match obj.section_by_name(id.name()) {
+                    Some(s) => match s.uncompressed_data() {
+                        Ok(d) => Arc::from(&*d),
+                        Err(_) => Arc::from(&[][..]),
+                    },
+                    None => Arc::from(&[][..]),
+                };
+                Ok(EndianArcSlice::new(data, endian))
+            };
+            gimli::Dwarf::load(load)
+                .ok()
+                .and_then(|dwarf| addr2line::Context::from_dwarf(dwarf).ok())
+        } else {
+            None
+        };
+        let mut symbols = Vec::new();
+        for table in [obj.symbols(), obj.dynamic_symbols()] {
+            if !symbols.is_empty() {
+                break;
+            }
+            for s in table {
+                if s.kind() != SymbolKind::Text || s.address() == 0 || !s.is_definition() {
+                    continue;
+                }
+                if let Ok(name) = s.name() {
+                    symbols.push(Sym {
+                        svma: s.address(),
+                        size: s.size(),
+                        name: name.to_string(),
+                    });
+                }
+            }
+        }
+        symbols.sort_by(|a, b| a.svma.cmp(&b.svma).then(b.size.cmp(&a.size)));
+        symbols.dedup_by_key(|s| s.svma);
+        Ok(SymFile {
+            ctx,
+            symbols,
+            segments: file::load_segments(&obj),
+        })
+    }
+
+    /// The symbol containing `svma` (a zero-size symbol covers up to the next one).
+    fn symbol(&self, svma: u64) -> Option<&Sym> {
+        let i = self.symbols.partition_point(|s| s.svma <= svma);
+        let s = self.symbols.get(i.checked_sub(1)?)?;
+        if s.size == 0 || svma < s.svma.saturating_add(s.size) {
+            Some(s)
+        } else {
+            None
+        }
+    }
+}
+
+struct Mapped {
+    info: ModuleInfo,
+    file: Option<Rc<SymFile>>,
+    bias: u64,
+}
+
+/// Symbolizes addresses of one target process.
+pub struct Symbolizer {
+    source: Box<dyn FileSource>,
+    files: HashMap<FileKey, Option<Rc<SymFile>>>,
+    /// Sorted by start.
+    modules: Vec<Mapped>,
+    cache: HashMap<u64, Vec<SymFrame>>,
+}
+
+impl Symbolizer {
+    /// A symbolizer with no modules yet, reading ELF files through `source`.
+    pub fn new(source: impl FileSource + 'static) -> Self {
+        Symbolizer {
+            source: Box::new(source),
+            files: HashMap::new(),
+            modules: Vec::new(),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Make `modules` the target's executable mappings. Files already read are reused;
+    /// returns `(path, message)` for modules whose file couldn't be read or parsed (their
+    /// addresses are shown as `module+0xoffset`).
+    pub fn set_modules(&mut self, modules: &[ModuleInfo]) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        let same = modules.len() == self.modules.len()
+            && modules.iter().zip(&self.modules).all(|(a, b)| *a == b.info);
+        if same {
+            return errors;
+        }
+        self.cache.clear();
+        self.modules.clear();
+        for m in modules {
+            if m.end <= m.start {
+                continue;
+            }
+            let key = FileKey::of(m);
+            let file = match self.files.get(&key) {
+                Some(f) => f.clone(),
+                None => {
+                    let parsed = self
+                        .source
+                        .read(m)
+                        .map_err(|e| format!("cannot read: {e}"))
+                        .and_then(|b| SymFile::parse(&b));
+                    let f = match parsed {
+                        Ok(f) => Some(Rc::new(f)),
+                        Err(msg) => {
+                            errors.push((m.path.clone(), msg));
+                            None
+                        }
+                    };
+                    self.files.insert(key, f.clone());
+                    f
+                }
+            };
+            let bias = match &file {
+                Some(f) => file::load_bias(&f.segments, m),
+                None => m.start.wrapping_sub(m.file_offset),
+            };
+            self.modules.push(Mapped {
+                info: m.clone(),
+                file,
+                bias,
+            });
+        }
+        self.modules.sort_by_key(|m| m.info.start);
+        errors
+    }
+
+    /// Frames at `addr`, innermost first: the innermost inlined function first, the
+    /// function it was compiled into last. A return address is looked up at
+    /// `addr - 1`. Never empty.
+    pub fn lookup(&mut self, addr: u64, is_return_address: bool) -> &[SymFrame] {
+        let probe = lookup_address(addr, is_return_address);
+        if !self.cache.contains_key(&probe) {
+            let frames = self.resolve(probe);
+            self.cache.insert(probe, frames);
+        }
+        &self.cache[&probe]
+    }
+
+    /// The cached frames at `addr`, if [`lookup`](Self::lookup) already resolved it.
+    pub fn cached(&self, addr: u64, is_return_address: bool) -> Option<&[SymFrame]> {
+        self.cache
+            .get(&lookup_address(addr, is_return_address))
+            .map(Vec::as_slice)
+    }
+
+    /// Pre-seed the result for an address (tests, or frames resolved elsewhere).
+    pub fn insert(&mut self, addr: u64, is_return_address: bool, frames: Vec<SymFrame>) {
+        self.cache
+            .insert(lookup_address(addr, is_return_address), frames);
+    }
+
+    /// The module containing `addr`, if any.
+    pub fn module_for(&self, addr: u64) -> Option<&ModuleInfo> {
+        self.mapped_for(addr).map(|m| &m.info)
+    }
+
+    fn mapped_for(&self, addr: u64) -> Option<&Mapped> {
+        let i = self.modules.partition_point(|m| m.info.start <= addr);
+        let m = self.modules.get(i.checked_sub(1)?)?;
+        (addr < m.info.end).then_some(m)
+    }
+
+    fn resolve(&self, probe: u64) -> Vec<SymFrame> {
+        let Some(m) = self.mapped_for(probe) else {
+            return vec![SymFrame {
+                function: format!("0x{probe:x}"),
+                file: None,
+                line: 0,
+                entry: None,
+            }];
+        };
+        let svma = probe.wrapping_sub(m.bias);
+        let sym = m.file.as_ref().and_then(|f| f.symbol(svma));
+        let entry = sym.map(|s| s.svma.wrapping_add(m.bias));
+        let mut frames = Vec::new();
+        if let Some(ctx) = m.file.as_ref().and_then(|f| f.ctx.as_ref()) {
+            if let Ok(mut iter) = ctx.find_frames(svma).skip_all_loads() {
+                while let Ok(Some(frame)) = iter.next() {
+                    let function = frame
+                        .function
+                        .as_ref()
+                        .and_then(|f| f.raw_name().ok())
+                        .map(|n| demangle(&n[..]));
+                    let (file, line) = match &frame.location {
+                        Some(loc) => (loc.file.map(str::to_string), loc.line.unwrap_or(0)),
+                        None => (None, 0),
+                    };
+                    let function = match function {
+                        Some(f) => f,
+                        None => match sym {
+                            Some(s) if frames.is_empty() => demangle(&s.name),
+                            _ => "?".to_string(),
+                        },
+                    };
+                    frames.push(SymFrame {
+                        function,
+                        file,
+                        line,
+                        entry,
+                    });
+                    if frames.len() >= 256 {
+                        break;
+                    }
+                }
+            }
+        }
+        if frames.is_empty() {
+            let function = match sym {
+                Some(s) => demangle(&s.name),
+                None => format!("{}+0x{svma:x}", basename(&m.info.path)),
+            };
+            frames.push(SymFrame {
+                function,
+                file: None,
+                line: 0,
+                entry,
+            });
+        }
+        frames
+    }
+}
+
+/// Demangle a Rust (legacy or v0) symbol without its `::h<hash>` suffix; other names
+/// are returned as they are.
+pub fn demangle(name: &str) -> String {
+    match rustc_demangle::try_demangle(name) {
+        Ok(d) => format!("{d:#}"),
+        Err(_) => name.to_string(),
+    }
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demangle_strips_hash() {
+        assert_eq!(
+            demangle("_ZN3foo3bar17h0123456789abcdefE"),
+            "foo::bar".to_string()
+        );
+        assert_eq!(demangle("memcpy"), "memcpy");
+    }
+
+    #[inline(never)]
+    fn known_function_for_symbolizer() -> u64 {
+        std::hint::black_box(7)
+    }
+
+    #[test]
+    fn symbolizes_own_function() {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let modules = file::parse_proc_maps(&maps);
+        let mut s = Symbolizer::new(crate::unwind::LocalFiles);
+        s.set_modules(&modules);
+        let addr = known_function_for_symbolizer as fn() -> u64 as usize as u64;
+        let frames = s.lookup(addr, false).to_vec();
+        let last = frames.last().unwrap();
+        assert!(
+            last.function.ends_with("known_function_for_symbolizer"),
+            "{frames:?}"
+        );
+        assert!(last.file.as_deref().unwrap().ends_with("symbolize.rs"));
+        assert!(last.line > 0);
+        assert_eq!(last.entry, Some(addr));
+        // Cached and stable.
+        assert_eq!(s.cached(addr, false).unwrap(), &frames[..]);
+        // Outside every module.
+        assert_eq!(s.lookup(8, false)[0].function, "0x8");
+    }
+}

@@ -1,0 +1,272 @@
+//! Reaching the target's ELF files, and the ELF facts both the unwinder and the
+//! symbolizer need (load segments, build id, the load bias of one mapping).
+//!
+//! Files are read with plain `read(2)` into a `Vec`, parsed once, and dropped: the
+//! unwinder keeps only the CFI sections and the symbolizer only its DWARF sections and
+//! symbol table. No `mmap`, so a target that truncates its own binary can't SIGBUS us.
+
+use std::io;
+use std::path::PathBuf;
+
+use object::{Object, ObjectSegment};
+
+use crate::model::ModuleInfo;
+
+/// Gives the bytes of the ELF file behind one executable mapping of the target.
+///
+/// Implemented by [`ProcFiles`] for a live process, by [`LocalFiles`] for paths valid in
+/// this process, and by any `FnMut(&ModuleInfo) -> io::Result<Vec<u8>>` closure.
+pub trait FileSource {
+    /// Read the whole file that `module` maps.
+    fn read(&mut self, module: &ModuleInfo) -> io::Result<Vec<u8>>;
+}
+
+impl<F: FnMut(&ModuleInfo) -> io::Result<Vec<u8>>> FileSource for F {
+    fn read(&mut self, module: &ModuleInfo) -> io::Result<Vec<u8>> {
+        self(module)
+    }
+}
+
+/// Reads the files of a live process: `/proc/PID/map_files/START-END` first (the exact
+/// file that is mapped, even if deleted or replaced since), then `/proc/PID/root/PATH`
+/// (right for targets in another mount namespace), then `PATH` itself.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcFiles {
+    /// Target pid.
+    pub pid: u32,
+}
+
+impl FileSource for ProcFiles {
+    fn read(&mut self, module: &ModuleInfo) -> io::Result<Vec<u8>> {
+        let candidates = [
+            PathBuf::from(format!(
+                "/proc/{}/map_files/{:x}-{:x}",
+                self.pid, module.start, module.end
+            )),
+            PathBuf::from(format!(
+                "/proc/{}/root/{}",
+                self.pid,
+                module.path.trim_start_matches('/')
+            )),
+            PathBuf::from(&module.path),
+        ];
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no candidate path");
+        for p in &candidates {
+            match std::fs::read(p) {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Reads `ModuleInfo::path` as a path of this process (tests, and targets sharing our root).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalFiles;
+
+impl FileSource for LocalFiles {
+    fn read(&mut self, module: &ModuleInfo) -> io::Result<Vec<u8>> {
+        std::fs::read(&module.path)
+    }
+}
+
+/// Cache key of a parsed file: its path as the target sees it plus its build id, so a
+/// rebuilt binary at the same path is parsed again. Without a build id the path alone
+/// is the key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    /// Path as the target sees it.
+    pub path: String,
+    /// GNU build id, hex.
+    pub build_id: Option<String>,
+}
+
+impl FileKey {
+    /// The key of the file behind `module`.
+    pub fn of(module: &ModuleInfo) -> Self {
+        FileKey {
+            path: module.path.clone(),
+            build_id: module.build_id.clone(),
+        }
+    }
+}
+
+/// One `PT_LOAD` segment: where it sits in the file and at which svma it is meant to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadSegment {
+    /// `p_offset`.
+    pub file_offset: u64,
+    /// `p_filesz`.
+    pub file_size: u64,
+    /// `p_vaddr` (svma).
+    pub svma: u64,
+}
+
+/// The load segments of a parsed ELF file.
+pub fn load_segments(obj: &object::File<'_>) -> Vec<LoadSegment> {
+    obj.segments()
+        .map(|s| {
+            let (file_offset, file_size) = s.file_range();
+            LoadSegment {
+                file_offset,
+                file_size,
+                svma: s.address(),
+            }
+        })
+        .collect()
+}
+
+/// The load bias of `module` (avma = svma + bias), from the segment that contains the
+/// mapping's file offset. Falls back to `start - file_offset` (right for the usual
+/// `p_vaddr == p_offset` layouts) when no segment matches.
+pub fn load_bias(segments: &[LoadSegment], module: &ModuleInfo) -> u64 {
+    const PAGE_MASK: u64 = !0xfff;
+    // Two segments can share a file page (a read-only segment ending at 0x9c174 and
+    // the text segment starting at 0x9c180): the one whose first page is the mapping's
+    // offset is the one this mapping maps. Failing that (a mapping split by mprotect),
+    // the last segment containing the offset.
+    let exact = segments
+        .iter()
+        .find(|seg| seg.file_offset & PAGE_MASK == module.file_offset);
+    let containing = || {
+        segments.iter().rev().find(|seg| {
+            let begin = seg.file_offset & PAGE_MASK;
+            let end = seg.file_offset.saturating_add(seg.file_size);
+            begin <= module.file_offset && module.file_offset < end
+        })
+    };
+    match exact.or_else(containing) {
+        Some(seg) => {
+            // svma of the first mapped byte: p_vaddr - (p_offset - file_offset).
+            let svma_at_start = seg
+                .svma
+                .wrapping_sub(seg.file_offset.wrapping_sub(module.file_offset));
+            module.start.wrapping_sub(svma_at_start)
+        }
+        None => module.start.wrapping_sub(module.file_offset),
+    }
+}
+
+/// Hex GNU build id of a parsed ELF file, if it has one.
+pub fn build_id_hex(obj: &object::File<'_>) -> Option<String> {
+    let id = obj.build_id().ok()??;
+    Some(id.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Executable, file-backed mappings listed in a `/proc/PID/maps` text, in address order.
+///
+/// `build_id` is left `None`; the unwinder and symbolizer read it from the file.
+pub fn parse_proc_maps(text: &str) -> Vec<ModuleInfo> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(range), Some(perms), Some(offset), Some(_dev), Some(_inode)) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
+            continue;
+        };
+        // The path may contain spaces; it is everything after the inode column.
+        let path: Vec<&str> = fields.collect();
+        let path = path.join(" ");
+        if !perms.contains('x') || !path.starts_with('/') {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end), Ok(file_offset)) = (
+            u64::from_str_radix(start, 16),
+            u64::from_str_radix(end, 16),
+            u64::from_str_radix(offset, 16),
+        ) else {
+            continue;
+        };
+        if end <= start {
+            continue;
+        }
+        out.push(ModuleInfo {
+            start,
+            end,
+            file_offset,
+            path,
+            build_id: None,
+        });
+    }
+    out.sort_by_key(|m| m.start);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_maps_keeps_exec_file_mappings() {
+        let text = "\
+55d0c0a00000-55d0c0a10000 r--p 00000000 fd:01 123 /usr/bin/prog
+55d0c0a10000-55d0c0a50000 r-xp 00010000 fd:01 123 /usr/bin/prog
+7f0000000000-7f0000001000 r-xp 00000000 00:00 0 [vdso]
+7f0000002000-7f0000003000 r-xp 00001000 fd:01 7 /tmp/with space.so
+garbage line
+ffffffff-0 r-xp 0 0 0 /bad
+";
+        let m = parse_proc_maps(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].start, 0x55d0c0a10000);
+        assert_eq!(m[0].file_offset, 0x10000);
+        assert_eq!(m[0].path, "/usr/bin/prog");
+        assert_eq!(m[1].path, "/tmp/with space.so");
+    }
+
+    #[test]
+    fn bias_from_segment() {
+        let segs = [
+            LoadSegment {
+                file_offset: 0,
+                file_size: 0x1000,
+                svma: 0,
+            },
+            LoadSegment {
+                file_offset: 0x1234,
+                file_size: 0x5000,
+                svma: 0x2234,
+            },
+        ];
+        let m = ModuleInfo {
+            start: 0x7000_2000,
+            end: 0x7000_7000,
+            file_offset: 0x1000,
+            path: "/x".into(),
+            build_id: None,
+        };
+        // svma 0x2000 (file offset 0x1000) is mapped at 0x7000_2000.
+        assert_eq!(load_bias(&segs, &m), 0x7000_0000);
+        // A read-only segment sharing the text segment's first page must not win
+        // (layout of a real rustc test binary).
+        let segs = [
+            LoadSegment {
+                file_offset: 0,
+                file_size: 0x9c174,
+                svma: 0,
+            },
+            LoadSegment {
+                file_offset: 0x9c180,
+                file_size: 0x215c30,
+                svma: 0x9d180,
+            },
+        ];
+        let m = ModuleInfo {
+            start: 0x5555_5560_0000 + 0x9d000,
+            end: 0x5555_5560_0000 + 0x2b3000,
+            file_offset: 0x9c000,
+            path: "/x".into(),
+            build_id: None,
+        };
+        assert_eq!(load_bias(&segs, &m), 0x5555_5560_0000);
+    }
+}
