@@ -1,0 +1,203 @@
+//! The runtime's half of the concurrent goroutine-profile protocol (gprof_abi docs).
+//!
+//! The scheduler calls [`before_run`] before it switches into a task, but only when the
+//! session word has the ACTIVE bit: with no profile the cost is that one relaxed load.
+//! Here the runtime either records the task itself (it won the CAS), or waits for the
+//! profiler that holds it, bounded by the lease, or runs it at once (already recorded).
+//!
+//! Nothing here takes a lock a ptrace-stopped thread could hold, and every wait has a
+//! bound measured by the runtime's own clock (DESIGN invariants 5 and 6).
+
+use crate::region;
+use crate::task::Task;
+use gprof_abi::{prof, session, ArenaRecord, ControlBlock, TaskSlot, MAX_STACK_COPY};
+use std::mem::size_of;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::time::{Duration, Instant};
+
+/// Spin this long on a task the profiler holds before checking that it is alive.
+const HOLD_SPIN: Duration = Duration::from_millis(1);
+
+/// What the scheduler should do with the task.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Barrier {
+    /// Run it.
+    Run,
+    /// The arena is full and the profiler has not recorded it yet: run something else.
+    Deferred,
+}
+
+/// The profile barrier. See the module docs.
+pub(crate) fn before_run(task: &Task) -> Barrier {
+    let region = region::get();
+    let cb = region.control();
+    let s = cb.session.load(Acquire);
+    if !session::is_active(s) {
+        return Barrier::Run;
+    }
+    note_session(cb);
+    let g = session::generation(s);
+    let slot = task.slot();
+    loop {
+        let p = slot.prof.load(Acquire);
+        if prof::is_absent_for(p, g) {
+            if slot
+                .prof
+                .compare_exchange(p, prof::pack(g, prof::IN_PROGRESS), SeqCst, Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            if record_self(cb, task, slot, g) {
+                cb.self_recorded.fetch_add(1, Relaxed);
+                slot.prof.store(prof::pack(g, prof::SATISFIED), Release);
+                return Barrier::Run;
+            }
+            // No room: give it back to the profiler, which walks every slot.
+            slot.prof.store(p, Release);
+            cb.arena_full.fetch_add(1, Relaxed);
+            return Barrier::Deferred;
+        }
+        if prof::generation(p) == g && prof::state(p) == prof::IN_PROGRESS {
+            wait_for_profiler(cb, slot, s);
+            continue;
+        }
+        return Barrier::Run;
+    }
+}
+
+/// First sight of a session: stamp it and start the watchdog.
+fn note_session(cb: &ControlBlock) {
+    if cb.session_seen_ns.load(Relaxed) == 0 {
+        cb.session_seen_ns.store(crate::timer::now_ns(), Relaxed);
+    }
+    let w = crate::sched::worker_ptr();
+    if !w.is_null() {
+        // SAFETY: a non-null worker pointer refers to this thread's live WorkerCtx.
+        unsafe { (&(*w).shared).timers.poke() };
+    }
+}
+
+/// Copy the task's saved registers and live stack into the arena.
+fn record_self(cb: &ControlBlock, task: &Task, slot: &TaskSlot, g: u64) -> bool {
+    let region = region::get();
+    let sp = slot.saved.sp.load(Relaxed);
+    let hi = slot.stack_hi.load(Relaxed);
+    let live = hi.saturating_sub(sp);
+    let len = live.min(MAX_STACK_COPY);
+    let need = ArenaRecord::footprint(len);
+    let (arena, arena_len) = region.arena();
+    let off = cb.arena_used.fetch_add(need, Relaxed);
+    if off.checked_add(need).is_none_or(|end| end > arena_len) {
+        return false;
+    }
+    let rec = ArenaRecord {
+        slot: task.slot,
+        flags: if live > len { ArenaRecord::FLAG_TRUNCATED } else { 0 },
+        task_id: task.id,
+        generation: g,
+        sp,
+        pc: slot.saved.pc.load(Relaxed),
+        fp: slot.saved.fp.load(Relaxed),
+        stack_len: len,
+        state: slot.state.load(Relaxed),
+        wait_reason: slot.wait_reason.load(Relaxed),
+    };
+    // SAFETY: [off, off + need) lies inside the arena (checked above) and was handed to
+    // us alone by the fetch_add; the stack bytes [sp, sp + len) are the task's own
+    // mapped stack, which nobody runs on while it is IN_PROGRESS.
+    unsafe {
+        let dst = (arena + off) as *mut u8;
+        std::ptr::write_unaligned(dst as *mut ArenaRecord, rec);
+        std::ptr::copy_nonoverlapping(sp as *const u8, dst.add(size_of::<ArenaRecord>()), len as usize);
+    }
+    true
+}
+
+/// Wait while the profiler holds the task; take it back if the profiler is gone or
+/// silent. Returns when the hold is over one way or the other.
+fn wait_for_profiler(cb: &ControlBlock, slot: &TaskSlot, s: u64) {
+    let g = session::generation(s);
+    let held = prof::pack(g, prof::IN_PROGRESS);
+    let start = Instant::now();
+    let mut beat = cb.heartbeat.load(Relaxed);
+    let mut beat_at = start;
+    loop {
+        if slot.prof.load(Acquire) != held || cb.session.load(Acquire) != s {
+            return;
+        }
+        let now = Instant::now();
+        if now - start < HOLD_SPIN {
+            std::thread::yield_now();
+            continue;
+        }
+        if profiler_gone() {
+            abort_session(cb, s);
+            return;
+        }
+        let b = cb.heartbeat.load(Relaxed);
+        if b != beat {
+            beat = b;
+            beat_at = now;
+        } else if now - beat_at > Duration::from_millis(u64::from(cb.lease_ms.load(Relaxed).max(1))) {
+            // The profiler is alive but silent (stopped, debugged): take the task back.
+            // The profiler's final CAS fails and it drops its copy (TORN).
+            if slot.prof.compare_exchange(held, prof::pack(g, prof::TORN), SeqCst, Relaxed).is_ok() {
+                cb.revoked.fetch_add(1, Relaxed);
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// Is the profiler's lease (its exclusive flock on the memfd) gone?
+///
+/// The profiler opened `/proc/PID/fd/N` itself, so its lock lives on another open file
+/// description than the runtime's fd and the two conflict (flock(2): locks belong to
+/// open file descriptions). A dead profiler's lock is released by the kernel.
+fn profiler_gone() -> bool {
+    let fd = region::get().fd();
+    // SAFETY: flock on our own memfd; a shared, non-blocking probe.
+    if unsafe { libc::flock(fd, libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        // SAFETY: as above; drop the probe lock at once.
+        unsafe { libc::flock(fd, libc::LOCK_UN) };
+        return true;
+    }
+    false
+}
+
+fn abort_session(cb: &ControlBlock, s: u64) {
+    if cb
+        .session
+        .compare_exchange(s, s | session::ABORTED, SeqCst, Relaxed)
+        .is_ok()
+    {
+        cb.aborted.fetch_add(1, Relaxed);
+        cb.session_seen_ns.store(0, Relaxed);
+    }
+}
+
+/// Watchdog step, from the timer thread every few ms while a session is active. Aborts
+/// a session whose profiler died or that overran its cap. Returns whether a session is
+/// still active (and the watchdog should keep ticking).
+pub(crate) fn watchdog_tick() -> bool {
+    let Some(region) = region::try_get() else { return false };
+    let cb = region.control();
+    let s = cb.session.load(Acquire);
+    if !session::is_active(s) {
+        cb.session_seen_ns.store(0, Relaxed);
+        return false;
+    }
+    let seen = cb.session_seen_ns.load(Relaxed);
+    let now = crate::timer::now_ns();
+    if seen == 0 {
+        cb.session_seen_ns.store(now, Relaxed);
+    }
+    let cap_ns = u64::from(cb.session_cap_ms.load(Relaxed)) * 1_000_000;
+    if profiler_gone() || (seen != 0 && now.saturating_sub(seen) > cap_ns) {
+        abort_session(cb, s);
+        return false;
+    }
+    true
+}
