@@ -76,6 +76,19 @@ pub mod __private {
     pub fn task_entry_pc() -> u64 {
         crate::arch::task_entry_pc()
     }
+    /// Tasks of this process now parked (state waiting), counted from the shared table.
+    /// For fixtures that must not announce themselves before every task has parked.
+    pub fn waiting_tasks() -> usize {
+        let Some(r) = crate::region::try_get() else { return 0 };
+        let hwm = r.control().slot_hwm.load(std::sync::atomic::Ordering::SeqCst);
+        (0..hwm as u32)
+            .map(|i| r.slot(i))
+            .filter(|s| {
+                s.task_id.load(std::sync::atomic::Ordering::SeqCst) != 0
+                    && s.state.load(std::sync::atomic::Ordering::SeqCst) == gprof_abi::TaskState::WAITING
+            })
+            .count()
+    }
     /// The control block of this process's region, if a runtime has started.
     pub fn control() -> Option<&'static gprof_abi::ControlBlock> {
         crate::region::try_get().map(|r| r.control())

@@ -97,14 +97,12 @@ pub(crate) fn park(reason: u32) {
         let slot = t.slot();
         slot.wait_reason.store(reason, Relaxed);
         slot.wait_since_ns.store(crate::timer::coarse_now_ns(), Relaxed);
-        slot.state.store(gprof_abi::TaskState::WAITING, Relaxed);
         t.run_state.store(run_state::PARKING, SeqCst);
         // SAFETY: we are the running task.
         let prepared = unsafe { t.owned().prepared_token };
         if t.park_token.load(SeqCst) != prepared {
             // Woken between prepare_park and now: no switch needed.
             t.run_state.store(run_state::RUNNING, Relaxed);
-            slot.state.store(gprof_abi::TaskState::RUNNING, Relaxed);
             slot.wait_reason.store(0, Relaxed);
             return false;
         }

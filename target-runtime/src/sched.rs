@@ -272,6 +272,9 @@ fn run_task(w: &WorkerCtx, task: TaskRef) {
             w.local.push(task);
         }
         Action::Park => {
+            // WAITING only once the switch is complete, and before the task can be
+            // woken (a waker sets RUNNABLE only after it sees PARKED).
+            slot.state.store(TaskState::WAITING, Relaxed);
             rec.current.store(0, Relaxed);
             if task
                 .run_state
