@@ -109,7 +109,12 @@ fn record_self(cb: &ControlBlock, task: &Task, slot: &TaskSlot, g: u64) -> bool 
     unsafe {
         let dst = (arena + off) as *mut u8;
         std::ptr::write_unaligned(dst as *mut ArenaRecord, rec);
-        std::ptr::copy_nonoverlapping(sp as *const u8, dst.add(size_of::<ArenaRecord>()), len as usize);
+        std::ptr::copy_nonoverlapping(
+            slot as *const TaskSlot as *const u8,
+            dst.add(ArenaRecord::SLOT_OFFSET as usize),
+            size_of::<TaskSlot>(),
+        );
+        std::ptr::copy_nonoverlapping(sp as *const u8, dst.add(ArenaRecord::STACK_OFFSET as usize), len as usize);
     }
     true
 }

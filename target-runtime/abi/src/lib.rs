@@ -426,7 +426,9 @@ pub mod prof {
     }
 }
 
-/// Header of one record in the arena; the stack bytes follow, then padding to 16.
+/// Header of one record in the arena. A copy of the task's [`TaskSlot`] follows (taken
+/// before the task ran again: its name, labels and spawn site as of the snapshot, even
+/// if the slot is reused later), then `stack_len` stack bytes, then padding to 16.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ArenaRecord {
@@ -458,8 +460,12 @@ impl ArenaRecord {
     pub const FLAG_TRUNCATED: u32 = 1;
     /// Bytes a record with `stack_len` bytes of stack takes in the arena.
     pub const fn footprint(stack_len: u64) -> u64 {
-        (size_of::<ArenaRecord>() as u64 + stack_len + 15) & !15
+        (Self::STACK_OFFSET + stack_len + 15) & !15
     }
+    /// Offset of the slot copy from the start of a record.
+    pub const SLOT_OFFSET: u64 = size_of::<ArenaRecord>() as u64;
+    /// Offset of the stack bytes from the start of a record.
+    pub const STACK_OFFSET: u64 = Self::SLOT_OFFSET + size_of::<TaskSlot>() as u64;
 }
 
 #[cfg(test)]
@@ -487,8 +493,8 @@ mod tests {
 
     #[test]
     fn arena_footprint_is_aligned() {
-        assert_eq!(ArenaRecord::footprint(0), 64);
-        assert_eq!(ArenaRecord::footprint(1), 80);
-        assert_eq!(ArenaRecord::footprint(16), 80);
+        assert_eq!(ArenaRecord::footprint(0), 576);
+        assert_eq!(ArenaRecord::footprint(1), 592);
+        assert_eq!(ArenaRecord::footprint(16), 592);
     }
 }
