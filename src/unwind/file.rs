@@ -154,6 +154,11 @@ pub fn build_id_hex(obj: &object::File<'_>) -> Option<String> {
     Some(id.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Hex GNU build id of the ELF file in `bytes`, if it parses and has one.
+pub fn read_build_id(bytes: &[u8]) -> Option<String> {
+    build_id_hex(&object::File::parse(bytes).ok()?)
+}
+
 /// Executable, file-backed mappings listed in a `/proc/PID/maps` text, in address order.
 ///
 /// `build_id` is left `None`; the unwinder and symbolizer read it from the file.

@@ -1,0 +1,3 @@
+//! The single integration test binary (`autotests = false`); one module per area.
+
+mod output;
