@@ -44,6 +44,28 @@ struct Sym {
     name: String,
 }
 
+/// An `addr2line` context over the DWARF of `obj`, if it has any.
+fn load_dwarf(obj: &object::File<'_>) -> Option<addr2line::Context<Reader>> {
+    obj.section_by_name(".debug_info")?;
+    let endian = if obj.is_little_endian() {
+        RunTimeEndian::Little
+    } else {
+        RunTimeEndian::Big
+    };
+    let load = |id: gimli::SectionId| -> Result<Reader, gimli::Error> {
+        let data: Arc<[u8]> = match obj.section_by_name(id.name()) {
+            Some(s) => match s.uncompressed_data() {
+                Ok(d) => Arc::from(&*d),
+                Err(_) => Arc::from(&[][..]),
+            },
+            None => Arc::from(&[][..]),
+        };
+        Ok(EndianArcSlice::new(data, endian))
+    };
+    let dwarf = gimli::Dwarf::load(load).ok()?;
+    addr2line::Context::from_dwarf(dwarf).ok()
+}
+
 /// What is kept of one ELF file.
 struct SymFile {
     ctx: Option<addr2line::Context<Reader>>,
@@ -53,30 +75,27 @@ struct SymFile {
 }
 
 impl SymFile {
-    fn parse(bytes: &[u8]) -> Result<SymFile, String> {
+    /// Parse `bytes`; when the file has no DWARF but a build id, try the separate
+    /// debug file `/usr/lib/debug/.build-id/xx/yyyy.debug` through `source`.
+    fn parse(bytes: &[u8], source: &mut dyn FileSource) -> Result<SymFile, String> {
         let obj = object::File::parse(bytes).map_err(|e| format!("not a valid ELF file: {e}"))?;
-        let endian = if obj.is_little_endian() {
-            RunTimeEndian::Little
-        } else {
-            RunTimeEndian::Big
-        };
-        let ctx = if obj.section_by_name(".debug_info").is_some() {
-            let load = |id: gimli::SectionId| -> Result<Reader, gimli::Error> {
-                let data: Arc<[u8]> = match obj.section_by_name(id.name()) {
-                    Some(s) => match s.uncompressed_data() {
-                        Ok(d) => Arc::from(&*d),
-                        Err(_) => Arc::from(&[][..]),
-                    },
-                    None => Arc::from(&[][..]),
+        let mut ctx = load_dwarf(&obj);
+        if ctx.is_none() {
+            if let Some(id) = file::build_id_hex(&obj).filter(|id| id.len() > 2) {
+                let debug_file = ModuleInfo {
+                    start: 0,
+                    end: 0,
+                    file_offset: 0,
+                    path: format!("/usr/lib/debug/.build-id/{}/{}.debug", &id[..2], &id[2..]),
+                    build_id: None,
                 };
-                Ok(EndianArcSlice::new(data, endian))
-            };
-            gimli::Dwarf::load(load)
-                .ok()
-                .and_then(|dwarf| addr2line::Context::from_dwarf(dwarf).ok())
-        } else {
-            None
-        };
+                if let Ok(debug_bytes) = source.read(&debug_file) {
+                    if let Ok(debug_obj) = object::File::parse(&*debug_bytes) {
+                        ctx = load_dwarf(&debug_obj);
+                    }
+                }
+            }
+        }
         let mut symbols = Vec::new();
         for table in [obj.symbols(), obj.dynamic_symbols()] {
             if !symbols.is_empty() {
@@ -123,6 +142,9 @@ struct Mapped {
 }
 
 /// Symbolizes addresses of one target process.
+///
+/// Not `Send`: `addr2line`'s lazily parsed units live behind `Rc`. Create it on the
+/// thread that writes the output.
 pub struct Symbolizer {
     source: Box<dyn FileSource>,
     files: HashMap<FileKey, Option<Rc<SymFile>>>,
@@ -166,7 +188,7 @@ impl Symbolizer {
                         .source
                         .read(m)
                         .map_err(|e| format!("cannot read: {e}"))
-                        .and_then(|b| SymFile::parse(&b));
+                        .and_then(|b| SymFile::parse(&b, &mut *self.source));
                     let f = match parsed {
                         Ok(f) => Some(Rc::new(f)),
                         Err(msg) => {
@@ -211,8 +233,17 @@ impl Symbolizer {
             .map(Vec::as_slice)
     }
 
-    /// Pre-seed the result for an address (tests, or frames resolved elsewhere).
-    pub fn insert(&mut self, addr: u64, is_return_address: bool, frames: Vec<SymFrame>) {
+    /// Pre-seed the result for an address (tests, or frames resolved elsewhere). An
+    /// empty `frames` is stored as the `0xaddr` placeholder (results are never empty).
+    pub fn insert(&mut self, addr: u64, is_return_address: bool, mut frames: Vec<SymFrame>) {
+        if frames.is_empty() {
+            frames.push(SymFrame {
+                function: format!("0x{:x}", lookup_address(addr, is_return_address)),
+                file: None,
+                line: 0,
+                entry: None,
+            });
+        }
         self.cache
             .insert(lookup_address(addr, is_return_address), frames);
     }
@@ -339,5 +370,38 @@ mod tests {
         assert_eq!(s.cached(addr, false).unwrap(), &frames[..]);
         // Outside every module.
         assert_eq!(s.lookup(8, false)[0].function, "0x8");
+    }
+
+    extern "C" {
+        fn getpid() -> i32;
+    }
+
+    #[test]
+    fn separate_debug_file_by_build_id() {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let modules = file::parse_proc_maps(&maps);
+        let addr = getpid as unsafe extern "C" fn() -> i32 as usize as u64;
+        let Some(libc) = modules.iter().find(|m| m.start <= addr && addr < m.end) else {
+            eprintln!("skipping: getpid is not in a mapped file");
+            return;
+        };
+        let bytes = std::fs::read(&libc.path).unwrap();
+        let Some(id) = file::read_build_id(&bytes) else {
+            eprintln!("skipping: {} has no build id", libc.path);
+            return;
+        };
+        let debug = format!("/usr/lib/debug/.build-id/{}/{}.debug", &id[..2], &id[2..]);
+        let mut s = Symbolizer::new(crate::unwind::LocalFiles);
+        s.set_modules(&modules);
+        let frames = s.lookup(addr, false).to_vec();
+        assert!(
+            frames.iter().any(|f| f.function.contains("getpid")),
+            "{frames:?}"
+        );
+        if std::path::Path::new(&debug).exists() {
+            assert!(frames.iter().any(|f| f.file.is_some()), "{frames:?}");
+        } else {
+            eprintln!("no {debug}: only the symbol table was checked");
+        }
     }
 }

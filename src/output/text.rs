@@ -151,8 +151,11 @@ pub fn write_tasks(snapshot: &Snapshot, sym: &mut Symbolizer, mut w: impl Write)
             match &t.spawn.file {
                 Some(file) => writeln!(w, "\t{file}:{}", t.spawn.line)?,
                 None => {
-                    let f = &frames_at(sym, t.spawn.pc, 0)[0];
-                    writeln!(w, "\t{}", file_line(f))?;
+                    let frames = frames_at(sym, t.spawn.pc, 0);
+                    match frames.first() {
+                        Some(f) => writeln!(w, "\t{}", file_line(f))?,
+                        None => writeln!(w, "\t?:0")?,
+                    }
                 }
             }
         }

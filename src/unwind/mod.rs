@@ -219,7 +219,7 @@ struct Active {
 pub struct Unwinder {
     inner: UnwinderX86_64<Arc<[u8]>>,
     cache: CacheX86_64,
-    source: Box<dyn FileSource>,
+    source: Box<dyn FileSource + Send>,
     files: HashMap<FileKey, Option<Arc<CfiFile>>>,
     active: BTreeMap<u64, Active>,
     ends: HashMap<u64, UnwindEnd>,
@@ -228,7 +228,8 @@ pub struct Unwinder {
 
 impl Unwinder {
     /// An unwinder with no modules yet, reading ELF files through `source`.
-    pub fn new(source: impl FileSource + 'static) -> Self {
+    /// The unwinder is `Send`, so stacks can be unwound on another thread.
+    pub fn new(source: impl FileSource + Send + 'static) -> Self {
         Unwinder {
             inner: UnwinderX86_64::new(),
             cache: CacheX86_64::new(),

@@ -190,6 +190,12 @@ fn truncated_copy_and_cap() {
 }
 
 #[test]
+fn unwinder_is_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Unwinder>();
+}
+
+#[test]
 fn no_modules_no_unwind_info() {
     let mut unwinder = Unwinder::new(LocalFiles);
     let mut out = Vec::new();
