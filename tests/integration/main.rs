@@ -1,3 +1,4 @@
 //! The single integration test binary (`autotests = false`); one module per area.
 
 mod output;
+mod process;

@@ -1,0 +1,350 @@
+//! A stand-in for a target-runtime program, for testing the tool's process layer
+//! without the real runtime: it exports `GPROF_RT_DESCRIPTOR`, creates the shared
+//! region the way the ABI docs describe, and parks threads in blocking system calls
+//! whose EINTRs it counts.
+//!
+//! ```text
+//! fake_target [--variant NAME] [--churn]
+//!   variants: ok (default), bad-magic, future-abi, absurd-slot-cap, absurd-offset,
+//!             unmapped-region, not-started, unsealed, fd-not-open
+//!   --churn   one more thread creates and joins threads in a loop
+//! ```
+//!
+//! Prints `READY <pid>` once everything runs. Each stdin line `ping` is answered with
+//! `pong <spins>` (spins = a counter a busy thread increments). On stdin EOF it prints
+//! `EINTR <n> CHURN <threads created>` and exits.
+#![allow(clippy::print_stdout)]
+
+use std::io::Write;
+use std::mem::size_of;
+use std::ptr::addr_of_mut;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use gprof_abi::{
+    ControlBlock, Descriptor, TaskSlot, TaskState, WaitReason, WorkerRecord, ABI_VERSION,
+    CONTROL_SIZE, WORKER_CAP,
+};
+
+/// The exported descriptor. `static mut` so hostile variants can corrupt its plain
+/// fields at start-up, before any other thread exists.
+#[no_mangle]
+#[used]
+pub static mut GPROF_RT_DESCRIPTOR: Descriptor = Descriptor::new();
+
+static EINTR: AtomicU64 = AtomicU64::new(0);
+static SPINS: AtomicU64 = AtomicU64::new(0);
+static CHURNED: AtomicU64 = AtomicU64::new(0);
+static FUTEX_WORD: AtomicU32 = AtomicU32::new(0);
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn count_eintr(r: libc::c_long) {
+    if r < 0 && errno() == libc::EINTR {
+        EINTR.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+struct Shared {
+    base: *mut u8,
+    slot_off: u64,
+    worker_off: u64,
+}
+// SAFETY: the mapping is process-wide and lives until exit; threads only touch atomics.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn worker(&self, i: u32) -> &WorkerRecord {
+        // SAFETY: i < WORKER_CAP, the worker table lies inside the mapping (laid out in
+        // main), aligned, and WorkerRecord is all atomics.
+        unsafe {
+            &*self
+                .base
+                .add((self.worker_off + u64::from(i) * size_of::<WorkerRecord>() as u64) as usize)
+                .cast()
+        }
+    }
+    fn slot(&self, i: u32) -> *mut TaskSlot {
+        // SAFETY: i < slot_cap (callers use small indices), inside the mapping.
+        unsafe {
+            self.base
+                .add((self.slot_off + u64::from(i) * size_of::<TaskSlot>() as u64) as usize)
+                .cast()
+        }
+    }
+    fn control(&self) -> &ControlBlock {
+        // SAFETY: offset 0 of the page-aligned mapping.
+        unsafe { &*self.base.cast::<ControlBlock>() }
+    }
+    fn register_worker(&self, i: u32) {
+        self.worker(i).tid.store(gettid(), Ordering::Release);
+        self.worker(i)
+            .status
+            .store(WorkerRecord::ACTIVE, Ordering::Release);
+        self.control()
+            .worker_count
+            .fetch_max(i + 1, Ordering::AcqRel);
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut variant = "ok".to_string();
+    let mut churn = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--variant" => variant = it.next().cloned().unwrap_or_default(),
+            "--churn" => churn = true,
+            other => {
+                eprintln!("fake_target: unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+
+    let desc = addr_of_mut!(GPROF_RT_DESCRIPTOR);
+    // SAFETY: no other thread exists yet; plain fields of our own static.
+    unsafe {
+        match variant.as_str() {
+            "bad-magic" => (*desc).magic = 0xdead_beef,
+            "future-abi" => (*desc).abi_version = ABI_VERSION + 1,
+            _ => {}
+        }
+    }
+
+    // Region layout: control block, workers, 64 slots, 64 KiB arena.
+    let worker_off = CONTROL_SIZE;
+    let slot_off = worker_off + u64::from(WORKER_CAP) * size_of::<WorkerRecord>() as u64;
+    let slot_cap: u32 = 64;
+    let arena_off = slot_off + u64::from(slot_cap) * size_of::<TaskSlot>() as u64;
+    let arena_len: u64 = 64 << 10;
+    let region_len = (arena_off + arena_len + 4095) & !4095;
+
+    // memfd_create(MFD_CLOEXEC|MFD_ALLOW_SEALING), 0600, sized, sealed, mapped shared.
+    // SAFETY: a valid NUL-terminated name.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"gprof-rt".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    assert!(fd >= 0, "memfd_create failed");
+    // SAFETY: fd is our memfd.
+    unsafe {
+        assert_eq!(libc::fchmod(fd, 0o600), 0);
+        assert_eq!(libc::ftruncate(fd, region_len as libc::off_t), 0);
+        if variant != "unsealed" {
+            let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+            assert_eq!(libc::fcntl(fd, libc::F_ADD_SEALS, seals), 0);
+        }
+    }
+    // SAFETY: a fresh shared mapping of our memfd, length == file size.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            region_len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    let base = base.cast::<u8>();
+    let shared = Shared {
+        base,
+        slot_off,
+        worker_off,
+    };
+
+    let cb = base.cast::<ControlBlock>();
+    // SAFETY: the region is zero-filled (fresh memfd), at least CONTROL_SIZE bytes; we
+    // write the plain header fields before publishing the region (nobody reads yet).
+    unsafe {
+        (*cb).magic = gprof_abi::MAGIC;
+        (*cb).abi_version = ABI_VERSION;
+        (*cb).control_size = size_of::<ControlBlock>() as u32;
+        (*cb).region_len = region_len;
+        (*cb).worker_off = worker_off;
+        (*cb).worker_cap = WORKER_CAP;
+        (*cb).worker_record_size = size_of::<WorkerRecord>() as u32;
+        (*cb).slot_off = slot_off;
+        (*cb).slot_cap = slot_cap;
+        (*cb).slot_size = size_of::<TaskSlot>() as u32;
+        (*cb).arena_off = arena_off;
+        (*cb).arena_len = arena_len;
+        (*cb).runtime_pid = std::process::id();
+        match variant.as_str() {
+            "absurd-slot-cap" => (*cb).slot_cap = u32::MAX,
+            "absurd-offset" => (*cb).slot_off = u64::MAX - 4095,
+            _ => {}
+        }
+    }
+    // Three tasks, so a reader can check names.
+    for i in 0..3u32 {
+        let s = shared.slot(i);
+        let name = format!("fake-{i}");
+        // SAFETY: slot i < slot_cap lies inside the mapping; no reader yet.
+        unsafe {
+            (&mut (*s).name)[..name.len()].copy_from_slice(name.as_bytes());
+            (*s).name_len.store(name.len() as u32, Ordering::Relaxed);
+            (*s).state.store(TaskState::WAITING, Ordering::Relaxed);
+            (*s).wait_reason
+                .store(WaitReason::CHAN_RECV, Ordering::Relaxed);
+            (*s).prof.store(
+                gprof_abi::prof::pack(0, gprof_abi::prof::ABSENT),
+                Ordering::Relaxed,
+            );
+            (*s).task_id.store(u64::from(i) + 1, Ordering::SeqCst);
+        }
+    }
+    shared.control().slot_hwm.store(3, Ordering::Release);
+    shared.control().next_task_id.store(4, Ordering::Release);
+    shared.control().live_tasks.store(3, Ordering::Release);
+    shared.register_worker(0);
+    let shared: &'static Shared = Box::leak(Box::new(shared));
+
+    // Publish: length and fd first, then the address (release), as the ABI docs say.
+    let (addr, memfd) = match variant.as_str() {
+        "unmapped-region" => (0x1000, fd as u32),
+        "fd-not-open" => (base as u64, 999_999),
+        _ => (base as u64, fd as u32),
+    };
+    // SAFETY: shared references to atomic fields of our static.
+    unsafe {
+        (*desc).region_len.store(region_len, Ordering::Relaxed);
+        (*desc).memfd.store(memfd, Ordering::Relaxed);
+        if variant != "not-started" {
+            (*desc).region_addr.store(addr, Ordering::Release);
+        }
+    }
+
+    // Blocking threads. Every one counts EINTR from its call and retries.
+    let mut pipe = [0i32; 2];
+    // SAFETY: `pipe` has room for two fds.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    let read_fd = pipe[0];
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let spawn = |n: u32, f: fn()| {
+        let tx = ready_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("fake-w{n}"))
+            .spawn(move || {
+                shared.register_worker(n);
+                tx.send(()).unwrap();
+                f()
+            })
+            .unwrap();
+    };
+    static READ_FD: AtomicU32 = AtomicU32::new(0);
+    READ_FD.store(read_fd as u32, Ordering::Relaxed);
+    spawn(1, || loop {
+        let mut b = [0u8; 1];
+        // SAFETY: reading into a local buffer of the given length.
+        let r = unsafe {
+            libc::read(
+                READ_FD.load(Ordering::Relaxed) as i32,
+                b.as_mut_ptr().cast(),
+                1,
+            )
+        };
+        count_eintr(r as libc::c_long);
+    });
+    spawn(2, || loop {
+        // SAFETY: FUTEX_WAIT on a valid, aligned u32 that stays 0; no timeout.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                FUTEX_WORD.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                0u32,
+                std::ptr::null::<libc::timespec>(),
+            )
+        };
+        count_eintr(r);
+    });
+    spawn(3, || loop {
+        let ts = libc::timespec {
+            tv_sec: 3600,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid timespec; remaining time not needed.
+        let r = unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+        count_eintr(r as libc::c_long);
+    });
+    // A mostly running thread that leaves the (shared, 2-core) machine some CPU.
+    spawn(4, || loop {
+        for _ in 0..100_000 {
+            SPINS.fetch_add(1, Ordering::Relaxed);
+            std::hint::spin_loop();
+        }
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        };
+        // SAFETY: valid timespec.
+        let r = unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+        count_eintr(r as libc::c_long);
+    });
+    let mut nthreads = 4;
+    if churn {
+        spawn(5, || loop {
+            let h = std::thread::spawn(|| {
+                CHURNED.fetch_add(1, Ordering::Relaxed);
+            });
+            let _ = h.join();
+        });
+        nthreads += 1;
+    }
+    for _ in 0..nthreads {
+        ready_rx.recv().unwrap();
+    }
+
+    let mut out = std::io::stdout();
+    writeln!(out, "READY {}", std::process::id()).unwrap();
+    out.flush().unwrap();
+
+    // stdin: "ping" lines, EOF ends. Raw read(2) so its EINTRs count too.
+    let mut line = Vec::new();
+    loop {
+        let mut b = [0u8; 256];
+        // SAFETY: reading into a local buffer of the given length.
+        let r = unsafe { libc::read(0, b.as_mut_ptr().cast(), b.len()) };
+        if r < 0 {
+            count_eintr(r as libc::c_long);
+            if errno() == libc::EINTR {
+                continue;
+            }
+            break;
+        }
+        if r == 0 {
+            break;
+        }
+        line.extend_from_slice(&b[..r as usize]);
+        while let Some(nl) = line.iter().position(|&c| c == b'\n') {
+            let cmd: Vec<u8> = line.drain(..=nl).collect();
+            if cmd.starts_with(b"ping") {
+                writeln!(out, "pong {}", SPINS.load(Ordering::Relaxed)).unwrap();
+                out.flush().unwrap();
+            }
+        }
+    }
+    writeln!(
+        out,
+        "EINTR {} CHURN {}",
+        EINTR.load(Ordering::Relaxed),
+        CHURNED.load(Ordering::Relaxed)
+    )
+    .unwrap();
+    out.flush().unwrap();
+    std::process::exit(0);
+}
