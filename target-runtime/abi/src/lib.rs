@@ -404,7 +404,7 @@ pub mod prof {
     /// Generation bits of the two special words.
     pub const SPECIAL_GEN: u64 = u64::MAX >> 2;
     /// A slot being filled by its spawner.
-    pub const UNBORN: u64 = (SPECIAL_GEN << 2) | 0;
+    pub const UNBORN: u64 = SPECIAL_GEN << 2;
     /// A free slot.
     pub const FREE: u64 = (SPECIAL_GEN << 2) | 1;
     /// Generation of a profile word.

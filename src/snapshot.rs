@@ -1,0 +1,676 @@
+//! The snapshot engine: Go's concurrent goroutine profile (CL 387415), driven from
+//! outside the process through the shared region and ptrace.
+//!
+//! ```text
+//! STW 1   ptrace-stop every thread                                   O(threads)
+//!         session = g | ACTIVE; record the task each worker names as current
+//!         resume
+//! walk    for each slot: CAS absent -> IN_PROGRESS(g), copy registers and stack,
+//!         CAS -> SATISFIED(g); unwind the copy after the task is released
+//!         (meanwhile the runtime records tasks itself before it resumes them)
+//! STW 2   ptrace-stop; session = g (ACTIVE cleared); resume              O(threads)
+//! after   read the runtime's arena records; unwind them
+//! ```
+//!
+//! The rules of the protocol are written down once, in `gprof_abi`'s crate docs.
+//! `Mode::StopTheWorld` does the walk inside STW 1 instead (Go's old sync profile), for
+//! comparison and as a fallback.
+
+use crate::error::{Error, Result};
+use crate::locate::{copy_labels, copy_name, Region};
+use crate::model::{
+    ModuleInfo, RecordedBy, Snapshot, SnapshotStats, SpawnSite, Stack, StackTable, TaskRecord,
+};
+use crate::process::memory::{pod_from_bytes, LiveMemory, RemoteMemory};
+use crate::process::stop::{StoppedThread, Tracer};
+use crate::unwind::{ProcFiles, Unwinder};
+use gprof_abi::{
+    prof, session, ArenaRecord, TaskSlot, TaskState, LABELS_CAP, MAX_STACK_COPY, NAME_CAP,
+};
+use std::collections::HashMap;
+use std::mem::size_of;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use std::time::{Duration, Instant};
+
+/// How to take a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Two short stops; the tasks are recorded while the target runs.
+    Concurrent,
+    /// Everything inside one stop (pause grows with the number of tasks).
+    StopTheWorld,
+}
+
+/// Bytes below the stack pointer copied for a thread stopped at an arbitrary
+/// instruction: the x86_64 red zone, where the switch's final `jmp` reads its target.
+const RED_ZONE: u64 = 128;
+/// Tasks held IN_PROGRESS at once, so that their stacks are read in one
+/// `process_vm_readv` call.
+const BATCH: usize = 64;
+/// How long one stop may take before the threads that did not stop are given up on.
+const STOP_DEADLINE: Duration = Duration::from_secs(2);
+/// Longest wait for a spawner to finish publishing a slot (it is running, not stopped).
+const UNBORN_WAIT: Duration = Duration::from_millis(20);
+/// Largest stack the tool accepts for a task (anything larger is bad data).
+const MAX_STACK_SPAN: u64 = 1 << 30;
+
+/// A profiling session on one target: attached once, any number of snapshots.
+pub struct Session {
+    pid: u32,
+    region: Region,
+    tracer: Tracer,
+    mem: LiveMemory,
+    unwinder: Unwinder,
+    modules: Vec<ModuleInfo>,
+}
+
+/// A task's copied state, before unwinding.
+struct Copy {
+    slot: TaskSlot,
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    base: u64,
+    stack: Vec<u8>,
+    by: RecordedBy,
+}
+
+impl Session {
+    /// Find the runtime in `pid`, take the profiler lease and seize the threads.
+    pub fn attach(pid: u32) -> Result<Session> {
+        let tracer = Tracer::new(pid)?;
+        let (region, modules) = crate::locate::attach(pid)?;
+        let mut unwinder = Unwinder::new(ProcFiles { pid });
+        unwinder.set_modules(&modules);
+        Ok(Session {
+            pid,
+            region,
+            tracer,
+            mem: LiveMemory::new(pid),
+            unwinder,
+            modules,
+        })
+    }
+
+    /// Target pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The target's executable mappings.
+    pub fn modules(&self) -> &[ModuleInfo] {
+        &self.modules
+    }
+
+    /// Take one snapshot.
+    pub fn snapshot(&mut self, mode: Mode) -> Result<Snapshot> {
+        let start = Instant::now();
+        let mut stats = SnapshotStats::default();
+        let mut stacks = StackTable::default();
+        let mut tasks = Vec::new();
+        let mut spawn_files = HashMap::new();
+        let cb = self.region.control();
+        let g = session::generation(cb.session.load(SeqCst)) + 1;
+        let slot_cap = self.region.layout().slot_cap;
+
+        // ---- STW 1 ----
+        let mut copies = Vec::new();
+        let stw1_mono;
+        {
+            let stop = self.tracer.stop_world(Instant::now() + STOP_DEADLINE)?;
+            let t = stop.timings();
+            stats.threads = stop.threads().len() as u32;
+            stw1_mono = mono_ns();
+            cb.owner_pid.store(u64::from(std::process::id()), Relaxed);
+            cb.heartbeat.store(0, Relaxed);
+            cb.arena_used.store(0, Relaxed);
+            cb.arena_full.store(0, Relaxed);
+            cb.session_seen_ns.store(0, Relaxed);
+            cb.sessions.fetch_add(1, Relaxed);
+            // The generation advances in both modes: it is what makes every slot's
+            // profile word read as absent for this snapshot.
+            let flags = if mode == Mode::Concurrent { session::ACTIVE } else { 0 };
+            cb.session.store(session::pack(g, flags), SeqCst);
+            record_current(&self.region, &self.mem, stop.threads(), g, &mut copies)?;
+            stats.recorded_stw = copies.len() as u64;
+            if mode == Mode::StopTheWorld {
+                let mut skipped = Vec::new();
+                walk(
+                    &self.region,
+                    &self.mem,
+                    g,
+                    slot_cap,
+                    &mut copies,
+                    &mut skipped,
+                    &mut stats,
+                    None,
+                )?;
+                stats.recorded_stw = copies.len() as u64;
+                stats.recorded_tool = 0;
+            }
+            let resumed = stop.resume();
+            stats.stw1_ns = (resumed - t.first_interrupt).as_nanos() as u64;
+        }
+
+        if mode == Mode::Concurrent {
+            // ---- concurrent walk ----
+            let mut skipped = Vec::new();
+            for c in std::mem::take(&mut copies) {
+                tasks.push(finish(
+                    c,
+                    stw1_mono,
+                    &mut stacks,
+                    &mut self.unwinder,
+                    &mut spawn_files,
+                ));
+            }
+            let mut batch = Vec::new();
+            walk(
+                &self.region,
+                &self.mem,
+                g,
+                slot_cap,
+                &mut batch,
+                &mut skipped,
+                &mut stats,
+                Some(&mut |b: &mut Vec<Copy>| {
+                    for c in b.drain(..) {
+                        tasks.push(finish(
+                            c,
+                            stw1_mono,
+                            &mut stacks,
+                            &mut self.unwinder,
+                            &mut spawn_files,
+                        ));
+                    }
+                }),
+            )?;
+            // Slots a spawner was still publishing: it is running, give it a moment.
+            let deadline = Instant::now() + UNBORN_WAIT;
+            while !skipped.is_empty() && Instant::now() < deadline {
+                skipped.retain(|&i| {
+                    self.region
+                        .slot(i)
+                        .is_some_and(|s| s.prof.load(Acquire) == prof::UNBORN)
+                });
+                std::thread::yield_now();
+            }
+            // Tasks the runtime could not record (arena full) are left to us: walk again.
+            for _ in 0..4 {
+                if cb.arena_full.load(Acquire) == 0 {
+                    break;
+                }
+                cb.arena_full.store(0, Relaxed);
+                let mut batch = Vec::new();
+                let mut skipped = Vec::new();
+                walk(
+                    &self.region,
+                    &self.mem,
+                    g,
+                    slot_cap,
+                    &mut batch,
+                    &mut skipped,
+                    &mut stats,
+                    None,
+                )?;
+                for c in batch {
+                    tasks.push(finish(
+                        c,
+                        stw1_mono,
+                        &mut stacks,
+                        &mut self.unwinder,
+                        &mut spawn_files,
+                    ));
+                }
+            }
+
+            // ---- STW 2 ----
+            let used;
+            {
+                let stop = self.tracer.stop_world(Instant::now() + STOP_DEADLINE)?;
+                let t = stop.timings();
+                cb.session.store(session::pack(g, 0), SeqCst);
+                used = cb.arena_used.load(Acquire);
+                let resumed = stop.resume();
+                stats.stw2_ns = (resumed - t.first_interrupt).as_nanos() as u64;
+            }
+            let recs = read_arena(&self.region, g, used)?;
+            stats.recorded_runtime = recs.len() as u64;
+            for c in recs {
+                tasks.push(finish(
+                    c,
+                    stw1_mono,
+                    &mut stacks,
+                    &mut self.unwinder,
+                    &mut spawn_files,
+                ));
+            }
+        } else {
+            for c in copies {
+                tasks.push(finish(
+                    c,
+                    stw1_mono,
+                    &mut stacks,
+                    &mut self.unwinder,
+                    &mut spawn_files,
+                ));
+            }
+        }
+        resolve_spawn_files(&self.mem, &mut tasks, &spawn_files);
+        tasks.sort_by_key(|t| t.id);
+        tasks.dedup_by_key(|t| t.id);
+        stats.total_ns = start.elapsed().as_nanos() as u64;
+        Ok(Snapshot {
+            pid: self.pid,
+            tasks,
+            stacks,
+            modules: self.modules.clone(),
+            time_unix_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            stats,
+        })
+    }
+}
+
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A plain copy of a slot (atomics loaded one by one, arrays copied volatile).
+fn copy_slot(s: &TaskSlot) -> TaskSlot {
+    let bytes = {
+        let mut b = vec![0u8; size_of::<TaskSlot>()];
+        // Field-wise loads: the slot changes under us, so no reference-based memcpy.
+        let put64 =
+            |b: &mut [u8], off: usize, v: u64| b[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        let put32 =
+            |b: &mut [u8], off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        use std::mem::offset_of as o;
+        put64(&mut b, o!(TaskSlot, task_id), s.task_id.load(Acquire));
+        put64(&mut b, o!(TaskSlot, prof), s.prof.load(Acquire));
+        put32(&mut b, o!(TaskSlot, state), s.state.load(Relaxed));
+        put32(
+            &mut b,
+            o!(TaskSlot, wait_reason),
+            s.wait_reason.load(Relaxed),
+        );
+        put64(
+            &mut b,
+            o!(TaskSlot, wait_since_ns),
+            s.wait_since_ns.load(Relaxed),
+        );
+        put64(&mut b, o!(TaskSlot, parent_id), s.parent_id.load(Relaxed));
+        put32(&mut b, o!(TaskSlot, flags), s.flags.load(Relaxed));
+        put32(&mut b, o!(TaskSlot, name_len), s.name_len.load(Relaxed));
+        put64(&mut b, o!(TaskSlot, saved), s.saved.sp.load(Acquire));
+        put64(&mut b, o!(TaskSlot, saved) + 8, s.saved.pc.load(Relaxed));
+        put64(&mut b, o!(TaskSlot, saved) + 16, s.saved.fp.load(Relaxed));
+        put64(&mut b, o!(TaskSlot, stack_lo), s.stack_lo.load(Relaxed));
+        put64(&mut b, o!(TaskSlot, stack_hi), s.stack_hi.load(Relaxed));
+        put64(
+            &mut b,
+            o!(TaskSlot, spawn_file_addr),
+            s.spawn_file_addr.load(Relaxed),
+        );
+        put32(
+            &mut b,
+            o!(TaskSlot, spawn_file_len),
+            s.spawn_file_len.load(Relaxed),
+        );
+        put32(&mut b, o!(TaskSlot, spawn_line), s.spawn_line.load(Relaxed));
+        put64(&mut b, o!(TaskSlot, spawn_pc), s.spawn_pc.load(Relaxed));
+        put32(&mut b, o!(TaskSlot, meta_seq), s.meta_seq.load(Acquire));
+        put32(&mut b, o!(TaskSlot, labels_len), s.labels_len.load(Relaxed));
+        b[o!(TaskSlot, name)..o!(TaskSlot, name) + NAME_CAP].copy_from_slice(&copy_name(s));
+        b[o!(TaskSlot, labels)..o!(TaskSlot, labels) + LABELS_CAP].copy_from_slice(&copy_labels(s));
+        b
+    };
+    pod_from_bytes(&bytes).expect("sized buffer")
+}
+
+/// Validated stack span `[lo, hi)` of a slot.
+fn stack_span(s: &TaskSlot) -> Option<(u64, u64)> {
+    let lo = s.stack_lo.load(Relaxed);
+    let hi = s.stack_hi.load(Relaxed);
+    (lo < hi && hi - lo <= MAX_STACK_SPAN).then_some((lo, hi))
+}
+
+/// STW 1: tasks that workers are running or about to run.
+fn record_current(
+    region: &Region,
+    mem: &LiveMemory,
+    threads: &[StoppedThread],
+    g: u64,
+    out: &mut Vec<Copy>,
+) -> Result<()> {
+    let cb = region.control();
+    let n = cb.worker_count.load(Acquire).min(gprof_abi::WORKER_CAP);
+    let by_tid: HashMap<u32, &StoppedThread> = threads.iter().map(|t| (t.tid, t)).collect();
+    for w in 0..n {
+        let Some(rec) = region.worker(w) else {
+            continue;
+        };
+        let cur = rec.current.load(Acquire);
+        if cur == 0 {
+            continue;
+        }
+        let Some(slot) = u32::try_from(cur - 1).ok().and_then(|i| region.slot(i)) else {
+            continue;
+        };
+        if slot.task_id.load(Acquire) == 0 {
+            continue;
+        }
+        let Some((lo, hi)) = stack_span(slot) else {
+            continue;
+        };
+        let copy = copy_slot(slot);
+        let running = by_tid
+            .get(&rec.tid.load(Relaxed))
+            .map(|t| t.regs)
+            .filter(|r| r.sp >= lo && r.sp < hi);
+        let (ip, sp, bp) = match running {
+            // The thread's stack pointer is inside the task's stack: the task is running
+            // (or mid-switch; the switch's CFI is right at every instruction).
+            Some(r) => (r.ip, r.sp, r.bp),
+            // In the scheduler before switching in, or after switching out: the saved
+            // context is complete (the switch stores sp before leaving the stack).
+            None => (
+                copy.saved.pc.load(Relaxed),
+                copy.saved.sp.load(Relaxed),
+                copy.saved.fp.load(Relaxed),
+            ),
+        };
+        if sp < lo || sp >= hi {
+            continue;
+        }
+        let base = sp.saturating_sub(RED_ZONE).max(lo);
+        let len = hi.saturating_sub(base).min(MAX_STACK_COPY + RED_ZONE);
+        let mut stack = vec![0u8; len as usize];
+        let got = mem
+            .read_many(&mut [(base, &mut stack[..])])
+            .map_err(|e| e.into_error(mem.pid()))?[0];
+        stack.truncate(got);
+        slot.prof.store(prof::pack(g, prof::SATISFIED), SeqCst);
+        out.push(Copy {
+            slot: copy,
+            ip,
+            sp,
+            bp,
+            base,
+            stack,
+            by: RecordedBy::StopTheWorld,
+        });
+    }
+    Ok(())
+}
+
+type Flush<'a> = Option<&'a mut dyn FnMut(&mut Vec<Copy>)>;
+
+/// Walk every slot: take the absent ones, copy them in batches, release them.
+#[allow(clippy::too_many_arguments)]
+fn walk(
+    region: &Region,
+    mem: &LiveMemory,
+    g: u64,
+    slot_cap: u32,
+    out: &mut Vec<Copy>,
+    unborn: &mut Vec<u32>,
+    stats: &mut SnapshotStats,
+    mut flush: Flush<'_>,
+) -> Result<()> {
+    let cb = region.control();
+    let hwm = cb.slot_hwm.load(Acquire).min(u64::from(slot_cap)) as u32;
+    let mut held: Vec<(u32, TaskSlot)> = Vec::with_capacity(BATCH);
+    let mut i = 0;
+    while i < hwm || !held.is_empty() {
+        if i < hwm && held.len() < BATCH {
+            let Some(slot) = region.slot(i) else { break };
+            i += 1;
+            if slot.task_id.load(Acquire) == 0 {
+                continue;
+            }
+            let p = slot.prof.load(Acquire);
+            if p == prof::UNBORN {
+                unborn.push(i - 1);
+                continue;
+            }
+            if !prof::is_absent_for(p, g) {
+                continue;
+            }
+            if slot
+                .prof
+                .compare_exchange(p, prof::pack(g, prof::IN_PROGRESS), SeqCst, Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            if slot.task_id.load(Acquire) == 0 {
+                // Freed between our two loads (it had exited): give the word back.
+                let _ = slot.prof.compare_exchange(
+                    prof::pack(g, prof::IN_PROGRESS),
+                    p,
+                    SeqCst,
+                    Relaxed,
+                );
+                continue;
+            }
+            held.push((i - 1, copy_slot(slot)));
+            continue;
+        }
+        // Read every held task's stack in one batched call, then release them.
+        let mut bufs: Vec<Vec<u8>> = held
+            .iter()
+            .map(|(_, s)| {
+                let sp = s.saved.sp.load(Relaxed);
+                let len = stack_span(s).map_or(0, |(lo, hi)| {
+                    if sp >= lo && sp < hi {
+                        (hi - sp).min(MAX_STACK_COPY)
+                    } else {
+                        0
+                    }
+                });
+                vec![0u8; len as usize]
+            })
+            .collect();
+        let mut reqs: Vec<(u64, &mut [u8])> = held
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|((_, s), b)| (s.saved.sp.load(Relaxed), &mut b[..]))
+            .collect();
+        let got = mem
+            .read_many(&mut reqs)
+            .map_err(|e| e.into_error(mem.pid()))?;
+        drop(reqs);
+        for (((idx, s), mut buf), n) in held.drain(..).zip(bufs.into_iter()).zip(got) {
+            let slot = region.slot(idx).expect("held slot exists");
+            if slot
+                .prof
+                .compare_exchange(
+                    prof::pack(g, prof::IN_PROGRESS),
+                    prof::pack(g, prof::SATISFIED),
+                    SeqCst,
+                    Relaxed,
+                )
+                .is_err()
+            {
+                // The runtime took it back (TORN): our copy may be inconsistent.
+                stats.torn += 1;
+                continue;
+            }
+            buf.truncate(n);
+            stats.bytes_copied += n as u64;
+            stats.recorded_tool += 1;
+            let sp = s.saved.sp.load(Relaxed);
+            out.push(Copy {
+                ip: s.saved.pc.load(Relaxed),
+                sp,
+                bp: s.saved.fp.load(Relaxed),
+                base: sp,
+                stack: buf,
+                slot: s,
+                by: if flush.is_some() {
+                    RecordedBy::Tool
+                } else {
+                    RecordedBy::StopTheWorld
+                },
+            });
+        }
+        cb.heartbeat.fetch_add(1, Relaxed);
+        if let Some(f) = flush.as_mut() {
+            f(out);
+        }
+    }
+    Ok(())
+}
+
+/// Records the runtime wrote itself, bounded and validated.
+fn read_arena(region: &Region, g: u64, used: u64) -> Result<Vec<Copy>> {
+    let used = used.min(region.arena_len());
+    let mut out = Vec::new();
+    let mut off = 0u64;
+    let hdr = ArenaRecord::STACK_OFFSET;
+    while off + hdr <= used {
+        let mut head = vec![0u8; hdr as usize];
+        region.read_arena(off, &mut head)?;
+        let rec: ArenaRecord = pod_from_bytes(&head).expect("sized");
+        let slot_copy: TaskSlot =
+            pod_from_bytes(&head[ArenaRecord::SLOT_OFFSET as usize..]).expect("sized");
+        if rec.stack_len > MAX_STACK_COPY || rec.generation != g {
+            return Err(Error::bad(format!(
+                "arena record at {off:#x} is malformed (stack_len {}, generation {} of {g})",
+                rec.stack_len, rec.generation
+            )));
+        }
+        let next = off + ArenaRecord::footprint(rec.stack_len);
+        if next > used {
+            break;
+        }
+        // A record is complete once its task is SATISFIED (the runtime stores that after
+        // the copy); a runtime thread may still be copying when STW 2 ended.
+        if let Some(slot) = region.slot(rec.slot) {
+            let t = Instant::now();
+            while slot.prof.load(Acquire) == prof::pack(g, prof::IN_PROGRESS)
+                && t.elapsed() < Duration::from_millis(50)
+            {
+                std::thread::yield_now();
+            }
+        }
+        let mut stack = vec![0u8; rec.stack_len as usize];
+        region.read_arena(off + hdr, &mut stack)?;
+        out.push(Copy {
+            slot: slot_copy,
+            ip: rec.pc,
+            sp: rec.sp,
+            bp: rec.fp,
+            base: rec.sp,
+            stack,
+            by: RecordedBy::Runtime,
+        });
+        off = next;
+    }
+    Ok(out)
+}
+
+/// Turn a copy into a task record: unwind, intern, decode the metadata.
+fn finish(
+    c: Copy,
+    stw1_mono: u64,
+    stacks: &mut StackTable,
+    unwinder: &mut Unwinder,
+    files: &mut HashMap<u64, (u64, u32)>,
+) -> TaskRecord {
+    let s = &c.slot;
+    let mut addrs = Vec::new();
+    let from_sp =
+        c.sp.checked_sub(c.base)
+            .and_then(|skip| c.stack.get(skip as usize..));
+    let end = unwinder.unwind(c.ip, c.sp, c.bp, from_sp.unwrap_or(&[]), &mut addrs);
+    let stack = stacks.intern(Stack {
+        addrs,
+        incomplete: !end.is_complete(),
+    });
+    let name_len = (s.name_len.load(Relaxed) as usize).min(NAME_CAP);
+    let name = (name_len > 0).then(|| String::from_utf8_lossy(&s.name[..name_len]).into_owned());
+    let labels = decode_labels(&s.labels[..(s.labels_len.load(Relaxed) as usize).min(LABELS_CAP)]);
+    let state = s.state.load(Relaxed);
+    let since = s.wait_since_ns.load(Relaxed);
+    let wait_ns = if state == TaskState::WAITING && since != 0 {
+        stw1_mono.saturating_sub(since)
+    } else {
+        0
+    };
+    let id = s.task_id.load(Relaxed);
+    files.insert(
+        id,
+        (
+            s.spawn_file_addr.load(Relaxed),
+            s.spawn_file_len.load(Relaxed),
+        ),
+    );
+    TaskRecord {
+        id,
+        name,
+        state,
+        wait_reason: s.wait_reason.load(Relaxed),
+        wait_ns,
+        parent_id: s.parent_id.load(Relaxed),
+        spawn: SpawnSite {
+            file: None,
+            line: s.spawn_line.load(Relaxed),
+            pc: s.spawn_pc.load(Relaxed),
+        },
+        labels,
+        system: s.flags.load(Relaxed) & TaskSlot::FLAG_SYSTEM != 0,
+        stack,
+        recorded_by: c.by,
+    }
+}
+
+fn decode_labels(b: &[u8]) -> Vec<(String, String)> {
+    let mut parts = b.split(|&c| c == 0);
+    let mut out = Vec::new();
+    while let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+        if k.is_empty() {
+            break;
+        }
+        out.push((
+            String::from_utf8_lossy(k).into_owned(),
+            String::from_utf8_lossy(v).into_owned(),
+        ));
+    }
+    out
+}
+
+/// Longest spawn-site file name read from the target.
+const MAX_FILE_NAME: u32 = 4096;
+
+/// Read each distinct spawn-site file name once (they are `&'static str`s in the target).
+fn resolve_spawn_files(
+    mem: &LiveMemory,
+    tasks: &mut [TaskRecord],
+    files: &HashMap<u64, (u64, u32)>,
+) {
+    let mut names: HashMap<(u64, u32), Option<String>> = HashMap::new();
+    for t in tasks.iter_mut() {
+        let Some(&(addr, len)) = files.get(&t.id) else {
+            continue;
+        };
+        if addr == 0 || len == 0 || len > MAX_FILE_NAME {
+            continue;
+        }
+        let name = names.entry((addr, len)).or_insert_with(|| {
+            let mut buf = vec![0u8; len as usize];
+            mem.read(addr, &mut buf)
+                .ok()
+                .map(|_| String::from_utf8_lossy(&buf).into_owned())
+        });
+        t.spawn.file = name.clone();
+    }
+}
