@@ -132,6 +132,11 @@ pub struct SnapshotStats {
     pub torn: u64,
     /// Stack bytes copied out of the target.
     pub bytes_copied: u64,
+    /// The runtime's next task id at STW 1: every task in the snapshot has a smaller id,
+    /// every task spawned after STW 1 a larger or equal one.
+    pub id_cutoff: u64,
+    /// Generation of the profile session this snapshot was taken in.
+    pub generation: u64,
 }
 
 /// A consistent picture of every task alive at STW 1.

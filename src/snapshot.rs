@@ -121,6 +121,8 @@ impl Session {
             let t = stop.timings();
             stats.threads = stop.threads().len() as u32;
             stw1_mono = mono_ns();
+            stats.id_cutoff = cb.next_task_id.load(SeqCst);
+            stats.generation = g;
             cb.owner_pid.store(u64::from(std::process::id()), Relaxed);
             cb.heartbeat.store(0, Relaxed);
             cb.arena_used.store(0, Relaxed);
