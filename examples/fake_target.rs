@@ -4,10 +4,12 @@
 //! whose EINTRs it counts.
 //!
 //! ```text
-//! fake_target [--variant NAME] [--churn]
+//! fake_target [--variant NAME] [--churn] [--vfork]
 //!   variants: ok (default), bad-magic, future-abi, absurd-slot-cap, absurd-offset,
 //!             unmapped-region, not-started, unsealed, fd-not-open
 //!   --churn   one more thread creates and joins threads in a loop
+//!   --vfork   one more thread spends nearly all its time in uninterruptible sleep
+//!             (`D`): a vfork-style child shares its memory and sleeps 1 s, in a loop
 //! ```
 //!
 //! Prints `READY <pid>` once everything runs. Each stdin line `ping` is answered with
@@ -95,15 +97,66 @@ impl Shared {
     }
 }
 
+/// Body of the vfork-style child: sleep, then exit without touching anything else.
+extern "C" fn vfork_child(_: *mut libc::c_void) -> libc::c_int {
+    let ts = libc::timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
+    // SAFETY: raw syscalls only (no allocation, no locks); the parent is suspended
+    // until we exit (CLONE_VFORK), so sharing its memory is fine.
+    unsafe {
+        libc::syscall(
+            libc::SYS_nanosleep,
+            &ts,
+            std::ptr::null_mut::<libc::timespec>(),
+        );
+        libc::syscall(libc::SYS_exit, 0);
+    }
+    0
+}
+
+/// `clone(CLONE_VM | CLONE_VFORK)`: the calling thread waits in `D` state
+/// (`kernel/fork.c:wait_for_vfork_done`) until the child exits, like the vfork parent
+/// of reliability.md §2.6 (E10). Done with clone and its own stack rather than
+/// `vfork()`, which returns twice and is not sound to call from Rust.
+fn vfork_sleep_child() {
+    let mut stack = vec![0u8; 64 << 10];
+    // SAFETY: the child runs on `stack` (top passed, grows down), which outlives it
+    // because CLONE_VFORK suspends us until the child exits; the child only makes raw
+    // syscalls.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        libc::clone(
+            vfork_child,
+            top.cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            std::ptr::null_mut(),
+        )
+    };
+    assert!(pid > 0, "clone failed");
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        count_eintr(-1);
+        if errno() != libc::EINTR {
+            break;
+        }
+    }
+    drop(stack);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut variant = "ok".to_string();
     let mut churn = false;
+    let mut vfork = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--variant" => variant = it.next().cloned().unwrap_or_default(),
             "--churn" => churn = true,
+            "--vfork" => vfork = true,
             other => {
                 eprintln!("fake_target: unknown argument {other}");
                 std::process::exit(2);
@@ -302,6 +355,12 @@ fn main() {
                 CHURNED.fetch_add(1, Ordering::Relaxed);
             });
             let _ = h.join();
+        });
+        nthreads += 1;
+    }
+    if vfork {
+        spawn(6, || loop {
+            vfork_sleep_child();
         });
         nthreads += 1;
     }
