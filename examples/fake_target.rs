@@ -4,12 +4,14 @@
 //! whose EINTRs it counts.
 //!
 //! ```text
-//! fake_target [--variant NAME] [--churn] [--vfork]
+//! fake_target [--variant NAME] [--churn] [--vfork] [--leader-exit]
 //!   variants: ok (default), bad-magic, future-abi, absurd-slot-cap, absurd-offset,
 //!             unmapped-region, not-started, unsealed, fd-not-open
 //!   --churn   one more thread creates and joins threads in a loop
 //!   --vfork   one more thread spends nearly all its time in uninterruptible sleep
 //!             (`D`): a vfork-style child shares its memory and sleeps 1 s, in a loop
+//!   --leader-exit  the main thread exits after READY (zombie leader); stdin is
+//!             served by another thread
 //! ```
 //!
 //! Prints `READY <pid>` once everything runs. Each stdin line `ping` is answered with
@@ -151,12 +153,14 @@ fn main() {
     let mut variant = "ok".to_string();
     let mut churn = false;
     let mut vfork = false;
+    let mut leader_exit = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--variant" => variant = it.next().cloned().unwrap_or_default(),
             "--churn" => churn = true,
             "--vfork" => vfork = true,
+            "--leader-exit" => leader_exit = true,
             other => {
                 eprintln!("fake_target: unknown argument {other}");
                 std::process::exit(2);
@@ -372,6 +376,19 @@ fn main() {
     writeln!(out, "READY {}", std::process::id()).unwrap();
     out.flush().unwrap();
 
+    if leader_exit {
+        // The leader exits alone (raw exit(2) of this thread only, no unwinding): the
+        // process lives on with a zombie leader (reliability.md §2.4, E6/E7).
+        std::thread::spawn(serve_stdin);
+        // SAFETY: ends only this thread; nothing of it is referenced by the others
+        // (the statics live on, and `out` is dropped unflushed-safe: flushed above).
+        unsafe { libc::syscall(libc::SYS_exit, 0) };
+    }
+    serve_stdin();
+}
+
+fn serve_stdin() {
+    let mut out = std::io::stdout();
     // stdin: "ping" lines, EOF ends. Raw read(2) so its EINTRs count too.
     let mut line = Vec::new();
     loop {

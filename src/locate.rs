@@ -61,6 +61,30 @@ pub struct Located {
     pub region_file: ((u32, u32), u64),
     /// The maps as read during `locate`.
     pub maps: Vec<MapEntry>,
+    /// The `/proc` directory used for the process: `/proc/PID`, or
+    /// `/proc/PID/task/TID` of a live thread when the leader is a zombie (its `maps`,
+    /// `fd/` and `root` are empty once it has exited: reliability.md §2.4, E6).
+    pub proc_dir: String,
+    /// The id to read memory through (PID, or that live TID).
+    pub mem_pid: u32,
+}
+
+/// The `/proc` directory and memory pid to use for `pid`; see [`Located::proc_dir`].
+pub fn proc_dir(pid: u32) -> (String, u32) {
+    use crate::process::stop::thread_state;
+    let dead = |s: Option<char>| matches!(s, None | Some('Z') | Some('X'));
+    if dead(thread_state(pid, pid)) {
+        if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for ent in dir.flatten() {
+                if let Some(tid) = ent.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                    if tid != pid && !dead(thread_state(pid, tid)) {
+                        return (format!("/proc/{pid}/task/{tid}"), tid);
+                    }
+                }
+            }
+        }
+    }
+    (format!("/proc/{pid}"), pid)
 }
 
 /// A candidate ELF object: every maps entry of one file.
@@ -70,7 +94,7 @@ struct Object_ {
 }
 
 /// Group file-backed mappings by file, the main executable first.
-fn mapped_objects(pid: u32, maps: &[MapEntry]) -> Vec<Object_> {
+fn mapped_objects(proc_dir: &str, maps: &[MapEntry]) -> Vec<Object_> {
     let mut objs: Vec<Object_> = Vec::new();
     for m in maps.iter().filter(|m| m.is_file_backed()) {
         match objs
@@ -85,7 +109,7 @@ fn mapped_objects(pid: u32, maps: &[MapEntry]) -> Vec<Object_> {
         }
     }
     // /proc/PID/exe names the main executable; look there first.
-    if let Ok(exe) = std::fs::metadata(format!("/proc/{pid}/exe")) {
+    if let Ok(exe) = std::fs::metadata(format!("{proc_dir}/exe")) {
         if let Some(i) = objs.iter().position(|o| o.entries[0].inode == exe.ino()) {
             let o = objs.remove(i);
             objs.insert(0, o);
@@ -97,8 +121,9 @@ fn mapped_objects(pid: u32, maps: &[MapEntry]) -> Vec<Object_> {
 /// Open the file behind a mapping: `/proc/PID/map_files/START-END` opens exactly the
 /// mapped file even if it was deleted or replaced (needs CAP_SYS_ADMIN or
 /// CAP_CHECKPOINT_RESTORE, `fs/proc/base.c:proc_map_files_get_link`); otherwise the
-/// path inside the target's root (`/proc/PID/root`, reliability.md §2.2/§4.2).
-pub fn open_mapped_file(pid: u32, m: &MapEntry) -> io::Result<File> {
+/// path inside the target's root (`<proc_dir>/root`, reliability.md §2.2/§4.2).
+/// `proc_dir` is `/proc/PID` or `/proc/PID/task/TID` (see [`proc_dir`]).
+pub fn open_mapped_file(pid: u32, proc_dir: &str, m: &MapEntry) -> io::Result<File> {
     let open = |p: &std::path::Path| -> io::Result<File> {
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -124,7 +149,7 @@ pub fn open_mapped_file(pid: u32, m: &MapEntry) -> io::Result<File> {
             if m.is_deleted() || path.as_bytes().first() != Some(&b'/') {
                 return Err(first);
             }
-            let mut p = std::ffi::OsString::from(format!("/proc/{pid}/root"));
+            let mut p = std::ffi::OsString::from(format!("{proc_dir}/root"));
             p.push(path);
             open(std::path::Path::new(&p))
         }
@@ -167,8 +192,8 @@ fn page_size() -> u64 {
 }
 
 /// Look for the descriptor symbol in one object; returns its runtime address.
-fn find_descriptor_in(pid: u32, obj: &Object_) -> Option<u64> {
-    let file = open_mapped_file(pid, &obj.entries[0]).ok()?;
+fn find_descriptor_in(pid: u32, proc_dir: &str, obj: &Object_) -> Option<u64> {
+    let file = open_mapped_file(pid, proc_dir, &obj.entries[0]).ok()?;
     let cache = object::ReadCache::new(file);
     let elf = object::File::parse(&cache).ok()?;
     let name = gprof_abi::DESCRIPTOR_SYMBOL.as_bytes();
@@ -190,19 +215,23 @@ fn find_descriptor_in(pid: u32, obj: &Object_) -> Option<u64> {
 
 /// Find and validate the runtime descriptor of `pid`.
 pub fn locate(pid: u32) -> Result<Located> {
-    locate_with(pid, &LiveMemory::new(pid))
+    let (_, mem_pid) = proc_dir(pid);
+    locate_with(pid, &LiveMemory::new(mem_pid))
 }
 
 /// [`locate`] with a given memory reader (tests).
 pub fn locate_with(pid: u32, mem: &dyn RemoteMemory) -> Result<Located> {
-    let maps = maps::read_maps(pid).map_err(|e| from_proc_io(pid, e))?;
+    let (proc_dir, mem_pid) = proc_dir(pid);
+    let maps = std::fs::read(format!("{proc_dir}/maps"))
+        .map(|text| maps::parse_maps(&text))
+        .map_err(|e| from_proc_io(pid, e))?;
     if maps.is_empty() {
         // A kernel thread or a zombie has no mappings.
         return Err(Error::NotATarget { pid });
     }
     let mut found = None;
-    for obj in mapped_objects(pid, &maps) {
-        if let Some(addr) = find_descriptor_in(pid, &obj) {
+    for obj in mapped_objects(&proc_dir, &maps) {
+        if let Some(addr) = find_descriptor_in(pid, &proc_dir, &obj) {
             found = Some((addr, obj));
             break;
         }
@@ -266,6 +295,8 @@ pub fn locate_with(pid: u32, mem: &dyn RemoteMemory) -> Result<Located> {
         memfd: d.memfd,
         region_file,
         maps,
+        proc_dir,
+        mem_pid,
     })
 }
 
@@ -578,14 +609,19 @@ impl Located {
 
     /// Executable mappings of the target, with GNU build ids.
     pub fn modules(&self) -> Vec<ModuleInfo> {
-        modules(self.pid, &self.maps, &LiveMemory::new(self.pid))
+        modules(
+            self.pid,
+            &self.proc_dir,
+            &self.maps,
+            &LiveMemory::new(self.mem_pid),
+        )
     }
 }
 
 impl Region {
     fn open(loc: &Located) -> Result<Region> {
         let pid = loc.pid;
-        let fd_path = format!("/proc/{pid}/fd/{}", loc.memfd);
+        let fd_path = format!("{}/fd/{}", loc.proc_dir, loc.memfd);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -885,7 +921,12 @@ fn build_id_of<'a, R: object::ReadRef<'a>>(data: R) -> Option<String> {
 
 /// Executable mappings (file-backed and `[vdso]`) as [`ModuleInfo`]s, sorted by start,
 /// each file's build id read once.
-pub fn modules(pid: u32, maps: &[MapEntry], mem: &dyn RemoteMemory) -> Vec<ModuleInfo> {
+pub fn modules(
+    pid: u32,
+    proc_dir: &str,
+    maps: &[MapEntry],
+    mem: &dyn RemoteMemory,
+) -> Vec<ModuleInfo> {
     type FileKey = ((u32, u32), u64);
     let mut ids: Vec<(FileKey, Option<String>)> = Vec::new();
     let mut out = Vec::new();
@@ -896,7 +937,7 @@ pub fn modules(pid: u32, maps: &[MapEntry], mem: &dyn RemoteMemory) -> Vec<Modul
                 Some((_, id)) => id.clone(),
                 None => {
                     // Read from the object's first mapping (map_files needs any range of it).
-                    let id = open_mapped_file(pid, m)
+                    let id = open_mapped_file(pid, proc_dir, m)
                         .ok()
                         .and_then(|f| build_id_of(&object::ReadCache::new(f)));
                     ids.push((key, id.clone()));

@@ -136,6 +136,10 @@ pub fn read_pod<T: Pod>(mem: &(impl RemoteMemory + ?Sized), addr: u64) -> Result
 #[derive(Debug)]
 pub struct LiveMemory {
     pid: u32,
+    /// The id the syscalls use: `pid`, or a live thread's TID once the leader turned
+    /// out to be a zombie (it has no mm: process_vm_readv gives ESRCH; reliability.md
+    /// §2.4).
+    via: std::sync::atomic::AtomicU32,
     /// `/proc/PID/mem`, opened on first use when process_vm_readv is unavailable.
     mem_file: OnceLock<io::Result<File>>,
 }
@@ -155,6 +159,7 @@ impl LiveMemory {
     pub fn new(pid: u32) -> Self {
         LiveMemory {
             pid,
+            via: std::sync::atomic::AtomicU32::new(pid),
             mem_file: OnceLock::new(),
         }
     }
@@ -210,7 +215,7 @@ impl LiveMemory {
         // iovecs are only addresses in the other process, which the kernel validates.
         let n = unsafe {
             libc::process_vm_readv(
-                self.pid as libc::pid_t,
+                self.via.load(std::sync::atomic::Ordering::Relaxed) as libc::pid_t,
                 local.as_ptr(),
                 local.len() as libc::c_ulong,
                 remote.as_ptr(),
@@ -228,7 +233,7 @@ impl LiveMemory {
     fn mem_file(&self) -> Result<&File, MemError> {
         let f = self
             .mem_file
-            .get_or_init(|| File::open(format!("/proc/{}/mem", self.pid)));
+            .get_or_init(|| File::open(format!("{}/mem", crate::locate::proc_dir(self.pid).0)));
         match f {
             Ok(f) => Ok(f),
             Err(e) => Err(match e.raw_os_error() {
@@ -328,7 +333,14 @@ impl RemoteMemory for LiveMemory {
                     failed[batch[0].req] = true;
                     i = position_after(&chunks, i, &batch[0]);
                 }
-                Err(nix::Error::ESRCH) => return Err(MemError::ProcessGone),
+                Err(nix::Error::ESRCH) => {
+                    // A zombie leader: retry through a live thread, once per change.
+                    let (_, alt) = crate::locate::proc_dir(self.pid);
+                    if alt != self.via.swap(alt, std::sync::atomic::Ordering::Relaxed) {
+                        continue;
+                    }
+                    return Err(MemError::ProcessGone);
+                }
                 Err(nix::Error::EPERM) | Err(nix::Error::EACCES) => {
                     return Err(MemError::PermissionDenied)
                 }

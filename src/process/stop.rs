@@ -214,7 +214,9 @@ impl Tracer {
         // (fs/proc/base.c:mem_open -> proc_mem_open -> mm_access; FSCREDS instead of
         // REALCREDS), Yama included: fail early with the right hint rather than at the
         // first stop.
-        if let Err(e) = std::fs::File::open(format!("/proc/{pid}/mem")) {
+        // A zombie leader has no mm (ESRCH): ask through a live thread.
+        let (dir, _) = crate::locate::proc_dir(pid);
+        if let Err(e) = std::fs::File::open(format!("{dir}/mem")) {
             return Err(crate::error::from_proc_io(pid, e));
         }
         Ok(Tracer {

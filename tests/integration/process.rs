@@ -571,3 +571,40 @@ fn thread_in_d_state_is_reported_unstopped_then_detached_when_it_stops() {
     drop(tracer);
     assert_eq!(fake.finish().0, 0);
 }
+
+#[test]
+fn zombie_leader_target_is_located_and_stopped() {
+    // reliability.md §2.4 / §2.1(e): the main thread exited, the process runs on. Its
+    // /proc/PID/{maps,fd} are empty and SEIZE of it gives EPERM; both must be handled.
+    let mut fake = Fake::start(&["--leader-exit"]);
+    let pid = fake.pid;
+    eventually("zombie leader", || thread_state(pid, pid) == Some('Z'));
+    let loc = locate::locate(pid).unwrap();
+    assert_ne!(loc.mem_pid, pid);
+    // LiveMemory of the PID itself falls back to a live thread.
+    let mut magic = [0u8; 8];
+    use gprof_rs::process::RemoteMemory;
+    gprof_rs::process::LiveMemory::new(pid)
+        .read(loc.descriptor_addr, &mut magic)
+        .unwrap();
+    assert_eq!(u64::from_le_bytes(magic), gprof_abi::MAGIC);
+    let region = loc.open_region().unwrap();
+    assert_eq!(region.layout().slot_cap, 64);
+    assert!(loc
+        .modules()
+        .iter()
+        .any(|m| m.path.ends_with("fake_target")));
+    let live: Vec<u32> = threads_of(pid).into_iter().filter(|&t| t != pid).collect();
+    let mut tracer = Tracer::new(pid).unwrap();
+    for _ in 0..20 {
+        let stop = tracer.stop_world(deadline()).unwrap();
+        let tids: Vec<u32> = stop.threads().iter().map(|t| t.tid).collect();
+        assert_eq!(tids, live);
+        assert!(stop.unstopped().is_empty());
+        drop(stop);
+    }
+    drop(tracer);
+    drop(region);
+    fake.ping();
+    assert_eq!(fake.finish().0, 0);
+}
