@@ -28,7 +28,6 @@ use gprof_abi::{
     prof, session, ArenaRecord, TaskSlot, TaskState, LABELS_CAP, MAX_STACK_COPY, NAME_CAP,
 };
 use std::collections::HashMap;
-use std::mem::size_of;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
@@ -46,11 +45,13 @@ pub enum Mode {
 const RED_ZONE: u64 = 128;
 /// Tasks held IN_PROGRESS at once, so that their stacks are read in one
 /// `process_vm_readv` call.
-const BATCH: usize = 64;
+const BATCH: usize = 128;
 /// How long one stop may take before the threads that did not stop are given up on.
 const STOP_DEADLINE: Duration = Duration::from_secs(2);
 /// Longest wait for a spawner to finish publishing a slot (it is running, not stopped).
 const UNBORN_WAIT: Duration = Duration::from_millis(20);
+/// Longest wait for a runtime thread to finish an arena record it started before STW 2.
+const ARENA_WAIT: Duration = Duration::from_millis(50);
 /// Largest stack the tool accepts for a task (anything larger is bad data).
 const MAX_STACK_SPAN: u64 = 1 << 30;
 
@@ -66,7 +67,7 @@ pub struct Session {
 
 /// A task's copied state, before unwinding.
 struct Copy {
-    slot: TaskSlot,
+    slot: SlotCopy,
     ip: u64,
     sp: u64,
     bp: u64,
@@ -131,7 +132,11 @@ impl Session {
             cb.sessions.fetch_add(1, Relaxed);
             // The generation advances in both modes: it is what makes every slot's
             // profile word read as absent for this snapshot.
-            let flags = if mode == Mode::Concurrent { session::ACTIVE } else { 0 };
+            let flags = if mode == Mode::Concurrent {
+                session::ACTIVE
+            } else {
+                0
+            };
             cb.session.store(session::pack(g, flags), SeqCst);
             record_current(&self.region, &self.mem, stop.threads(), g, &mut copies)?;
             stats.recorded_stw = copies.len() as u64;
@@ -164,6 +169,7 @@ impl Session {
                     &mut stacks,
                     &mut self.unwinder,
                     &mut spawn_files,
+                    &self.mem,
                 ));
             }
             let mut batch = Vec::new();
@@ -183,6 +189,7 @@ impl Session {
                             &mut stacks,
                             &mut self.unwinder,
                             &mut spawn_files,
+                            &self.mem,
                         ));
                     }
                 }),
@@ -222,6 +229,7 @@ impl Session {
                         &mut stacks,
                         &mut self.unwinder,
                         &mut spawn_files,
+                        &self.mem,
                     ));
                 }
             }
@@ -245,6 +253,7 @@ impl Session {
                     &mut stacks,
                     &mut self.unwinder,
                     &mut spawn_files,
+                    &self.mem,
                 ));
             }
         } else {
@@ -255,10 +264,10 @@ impl Session {
                     &mut stacks,
                     &mut self.unwinder,
                     &mut spawn_files,
+                    &self.mem,
                 ));
             }
         }
-        resolve_spawn_files(&self.mem, &mut tasks, &spawn_files);
         tasks.sort_by_key(|t| t.id);
         tasks.dedup_by_key(|t| t.id);
         stats.total_ns = start.elapsed().as_nanos() as u64;
@@ -285,56 +294,68 @@ fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// A plain copy of a slot (atomics loaded one by one, arrays copied volatile).
-fn copy_slot(s: &TaskSlot) -> TaskSlot {
-    let bytes = {
-        let mut b = vec![0u8; size_of::<TaskSlot>()];
-        // Field-wise loads: the slot changes under us, so no reference-based memcpy.
-        let put64 =
-            |b: &mut [u8], off: usize, v: u64| b[off..off + 8].copy_from_slice(&v.to_ne_bytes());
-        let put32 =
-            |b: &mut [u8], off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-        use std::mem::offset_of as o;
-        put64(&mut b, o!(TaskSlot, task_id), s.task_id.load(Acquire));
-        put64(&mut b, o!(TaskSlot, prof), s.prof.load(Acquire));
-        put32(&mut b, o!(TaskSlot, state), s.state.load(Relaxed));
-        put32(
-            &mut b,
-            o!(TaskSlot, wait_reason),
-            s.wait_reason.load(Relaxed),
-        );
-        put64(
-            &mut b,
-            o!(TaskSlot, wait_since_ns),
-            s.wait_since_ns.load(Relaxed),
-        );
-        put64(&mut b, o!(TaskSlot, parent_id), s.parent_id.load(Relaxed));
-        put32(&mut b, o!(TaskSlot, flags), s.flags.load(Relaxed));
-        put32(&mut b, o!(TaskSlot, name_len), s.name_len.load(Relaxed));
-        put64(&mut b, o!(TaskSlot, saved), s.saved.sp.load(Acquire));
-        put64(&mut b, o!(TaskSlot, saved) + 8, s.saved.pc.load(Relaxed));
-        put64(&mut b, o!(TaskSlot, saved) + 16, s.saved.fp.load(Relaxed));
-        put64(&mut b, o!(TaskSlot, stack_lo), s.stack_lo.load(Relaxed));
-        put64(&mut b, o!(TaskSlot, stack_hi), s.stack_hi.load(Relaxed));
-        put64(
-            &mut b,
-            o!(TaskSlot, spawn_file_addr),
-            s.spawn_file_addr.load(Relaxed),
-        );
-        put32(
-            &mut b,
-            o!(TaskSlot, spawn_file_len),
-            s.spawn_file_len.load(Relaxed),
-        );
-        put32(&mut b, o!(TaskSlot, spawn_line), s.spawn_line.load(Relaxed));
-        put64(&mut b, o!(TaskSlot, spawn_pc), s.spawn_pc.load(Relaxed));
-        put32(&mut b, o!(TaskSlot, meta_seq), s.meta_seq.load(Acquire));
-        put32(&mut b, o!(TaskSlot, labels_len), s.labels_len.load(Relaxed));
-        b[o!(TaskSlot, name)..o!(TaskSlot, name) + NAME_CAP].copy_from_slice(&copy_name(s));
-        b[o!(TaskSlot, labels)..o!(TaskSlot, labels) + LABELS_CAP].copy_from_slice(&copy_labels(s));
-        b
-    };
-    pod_from_bytes(&bytes).expect("sized buffer")
+/// A slot's fields as plain values: the shared slot changes under us, so every field is
+/// loaded once, and the byte arrays are copied only when they hold something.
+#[derive(Debug, Clone, Default)]
+struct SlotCopy {
+    id: u64,
+    state: u32,
+    wait_reason: u32,
+    wait_since_ns: u64,
+    parent_id: u64,
+    flags: u32,
+    sp: u64,
+    pc: u64,
+    fp: u64,
+    lo: u64,
+    hi: u64,
+    file_addr: u64,
+    file_len: u32,
+    line: u32,
+    spawn_pc: u64,
+    name: Option<String>,
+    labels: Vec<(String, String)>,
+}
+
+impl SlotCopy {
+    fn load(s: &TaskSlot) -> SlotCopy {
+        let name_len = (s.name_len.load(Relaxed) as usize).min(NAME_CAP);
+        let labels_len = (s.labels_len.load(Relaxed) as usize).min(LABELS_CAP);
+        SlotCopy {
+            id: s.task_id.load(Acquire),
+            state: s.state.load(Relaxed),
+            wait_reason: s.wait_reason.load(Relaxed),
+            wait_since_ns: s.wait_since_ns.load(Relaxed),
+            parent_id: s.parent_id.load(Relaxed),
+            flags: s.flags.load(Relaxed),
+            sp: s.saved.sp.load(Acquire),
+            pc: s.saved.pc.load(Relaxed),
+            fp: s.saved.fp.load(Relaxed),
+            lo: s.stack_lo.load(Relaxed),
+            hi: s.stack_hi.load(Relaxed),
+            file_addr: s.spawn_file_addr.load(Relaxed),
+            file_len: s.spawn_file_len.load(Relaxed),
+            line: s.spawn_line.load(Relaxed),
+            spawn_pc: s.spawn_pc.load(Relaxed),
+            name: (name_len > 0)
+                .then(|| String::from_utf8_lossy(&copy_name(s)[..name_len]).into_owned()),
+            labels: if labels_len > 0 {
+                decode_labels(&copy_labels(s)[..labels_len])
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// The live part of the stack, `[sp, hi)`, capped; empty if sp is outside the stack.
+    fn live_len(&self) -> u64 {
+        let valid = self.lo < self.hi && self.hi - self.lo <= MAX_STACK_SPAN;
+        if valid && self.sp >= self.lo && self.sp < self.hi {
+            (self.hi - self.sp).min(MAX_STACK_COPY)
+        } else {
+            0
+        }
+    }
 }
 
 /// Validated stack span `[lo, hi)` of a slot.
@@ -372,7 +393,7 @@ fn record_current(
         let Some((lo, hi)) = stack_span(slot) else {
             continue;
         };
-        let copy = copy_slot(slot);
+        let copy = SlotCopy::load(slot);
         let running = by_tid
             .get(&rec.tid.load(Relaxed))
             .map(|t| t.regs)
@@ -383,11 +404,7 @@ fn record_current(
             Some(r) => (r.ip, r.sp, r.bp),
             // In the scheduler before switching in, or after switching out: the saved
             // context is complete (the switch stores sp before leaving the stack).
-            None => (
-                copy.saved.pc.load(Relaxed),
-                copy.saved.sp.load(Relaxed),
-                copy.saved.fp.load(Relaxed),
-            ),
+            None => (copy.pc, copy.sp, copy.fp),
         };
         if sp < lo || sp >= hi {
             continue;
@@ -416,6 +433,9 @@ fn record_current(
 type Flush<'a> = Option<&'a mut dyn FnMut(&mut Vec<Copy>)>;
 
 /// Walk every slot: take the absent ones, copy them in batches, release them.
+///
+/// Up to [`BATCH`] tasks are held IN_PROGRESS at once so that their stacks are read
+/// with one `process_vm_readv` into one reused buffer; the hold lasts one system call.
 #[allow(clippy::too_many_arguments)]
 fn walk(
     region: &Region,
@@ -429,7 +449,10 @@ fn walk(
 ) -> Result<()> {
     let cb = region.control();
     let hwm = cb.slot_hwm.load(Acquire).min(u64::from(slot_cap)) as u32;
-    let mut held: Vec<(u32, TaskSlot)> = Vec::with_capacity(BATCH);
+    let in_progress = prof::pack(g, prof::IN_PROGRESS);
+    let satisfied = prof::pack(g, prof::SATISFIED);
+    let mut held: Vec<(u32, SlotCopy)> = Vec::with_capacity(BATCH);
+    let mut buf: Vec<u8> = Vec::new();
     let mut i = 0;
     while i < hwm || !held.is_empty() {
         if i < hwm && held.len() < BATCH {
@@ -443,80 +466,61 @@ fn walk(
                 unborn.push(i - 1);
                 continue;
             }
-            if !prof::is_absent_for(p, g) {
-                continue;
-            }
-            if slot
-                .prof
-                .compare_exchange(p, prof::pack(g, prof::IN_PROGRESS), SeqCst, Relaxed)
-                .is_err()
+            if !prof::is_absent_for(p, g)
+                || slot
+                    .prof
+                    .compare_exchange(p, in_progress, SeqCst, Relaxed)
+                    .is_err()
             {
                 continue;
             }
-            if slot.task_id.load(Acquire) == 0 {
+            let copy = SlotCopy::load(slot);
+            if copy.id == 0 {
                 // Freed between our two loads (it had exited): give the word back.
-                let _ = slot.prof.compare_exchange(
-                    prof::pack(g, prof::IN_PROGRESS),
-                    p,
-                    SeqCst,
-                    Relaxed,
-                );
+                let _ = slot.prof.compare_exchange(in_progress, p, SeqCst, Relaxed);
                 continue;
             }
-            held.push((i - 1, copy_slot(slot)));
+            held.push((i - 1, copy));
             continue;
         }
-        // Read every held task's stack in one batched call, then release them.
-        let mut bufs: Vec<Vec<u8>> = held
-            .iter()
-            .map(|(_, s)| {
-                let sp = s.saved.sp.load(Relaxed);
-                let len = stack_span(s).map_or(0, |(lo, hi)| {
-                    if sp >= lo && sp < hi {
-                        (hi - sp).min(MAX_STACK_COPY)
-                    } else {
-                        0
-                    }
-                });
-                vec![0u8; len as usize]
-            })
-            .collect();
-        let mut reqs: Vec<(u64, &mut [u8])> = held
-            .iter()
-            .zip(bufs.iter_mut())
-            .map(|((_, s), b)| (s.saved.sp.load(Relaxed), &mut b[..]))
-            .collect();
+        // One batched read of every held task's live stack, then release them all.
+        let lens: Vec<usize> = held.iter().map(|(_, c)| c.live_len() as usize).collect();
+        buf.clear();
+        buf.resize(lens.iter().sum(), 0);
+        let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(held.len());
+        let mut rest = &mut buf[..];
+        for ((_, c), &n) in held.iter().zip(&lens) {
+            let (head, tail) = rest.split_at_mut(n);
+            reqs.push((c.sp, head));
+            rest = tail;
+        }
         let got = mem
             .read_many(&mut reqs)
             .map_err(|e| e.into_error(mem.pid()))?;
         drop(reqs);
-        for (((idx, s), mut buf), n) in held.drain(..).zip(bufs.into_iter()).zip(got) {
+        let mut off = 0;
+        for (((idx, c), n), got) in held.drain(..).zip(lens).zip(got) {
+            let bytes = &buf[off..off + got.min(n)];
+            off += n;
             let slot = region.slot(idx).expect("held slot exists");
             if slot
                 .prof
-                .compare_exchange(
-                    prof::pack(g, prof::IN_PROGRESS),
-                    prof::pack(g, prof::SATISFIED),
-                    SeqCst,
-                    Relaxed,
-                )
+                .compare_exchange(in_progress, satisfied, SeqCst, Relaxed)
                 .is_err()
             {
                 // The runtime took it back (TORN): our copy may be inconsistent.
                 stats.torn += 1;
                 continue;
             }
-            buf.truncate(n);
-            stats.bytes_copied += n as u64;
+            stats.bytes_copied += bytes.len() as u64;
             stats.recorded_tool += 1;
-            let sp = s.saved.sp.load(Relaxed);
             out.push(Copy {
-                ip: s.saved.pc.load(Relaxed),
-                sp,
-                bp: s.saved.fp.load(Relaxed),
-                base: sp,
-                stack: buf,
-                slot: s,
+                ip: c.pc,
+                sp: c.sp,
+                bp: c.fp,
+                base: c.sp,
+                stack: bytes.to_vec(),
+                slot: c,
                 by: if flush.is_some() {
                     RecordedBy::Tool
                 } else {
@@ -538,13 +542,25 @@ fn read_arena(region: &Region, g: u64, used: u64) -> Result<Vec<Copy>> {
     let mut out = Vec::new();
     let mut off = 0u64;
     let hdr = ArenaRecord::STACK_OFFSET;
+    let in_progress = prof::pack(g, prof::IN_PROGRESS);
+    let mut head = vec![0u8; hdr as usize];
     while off + hdr <= used {
-        let mut head = vec![0u8; hdr as usize];
-        region.read_arena(off, &mut head)?;
-        let rec: ArenaRecord = pod_from_bytes(&head).expect("sized");
-        let slot_copy: TaskSlot =
-            pod_from_bytes(&head[ArenaRecord::SLOT_OFFSET as usize..]).expect("sized");
-        if rec.stack_len > MAX_STACK_COPY || rec.generation != g {
+        // A runtime thread may still be writing a record it reserved just before STW 2:
+        // it is running again and finishes within microseconds. Give it a bounded wait.
+        let t = Instant::now();
+        let rec = loop {
+            region.read_arena(off, &mut head)?;
+            let rec: ArenaRecord = pod_from_bytes(&head).expect("sized");
+            let complete = rec.generation == g
+                && region
+                    .slot(rec.slot)
+                    .is_some_and(|s| s.prof.load(Acquire) != in_progress);
+            if complete || t.elapsed() > ARENA_WAIT {
+                break rec;
+            }
+            std::thread::yield_now();
+        };
+        if rec.generation != g || rec.stack_len > MAX_STACK_COPY {
             return Err(Error::bad(format!(
                 "arena record at {off:#x} is malformed (stack_len {}, generation {} of {g})",
                 rec.stack_len, rec.generation
@@ -554,20 +570,12 @@ fn read_arena(region: &Region, g: u64, used: u64) -> Result<Vec<Copy>> {
         if next > used {
             break;
         }
-        // A record is complete once its task is SATISFIED (the runtime stores that after
-        // the copy); a runtime thread may still be copying when STW 2 ended.
-        if let Some(slot) = region.slot(rec.slot) {
-            let t = Instant::now();
-            while slot.prof.load(Acquire) == prof::pack(g, prof::IN_PROGRESS)
-                && t.elapsed() < Duration::from_millis(50)
-            {
-                std::thread::yield_now();
-            }
-        }
+        let slot_copy: TaskSlot =
+            pod_from_bytes(&head[ArenaRecord::SLOT_OFFSET as usize..]).expect("sized");
         let mut stack = vec![0u8; rec.stack_len as usize];
         region.read_arena(off + hdr, &mut stack)?;
         out.push(Copy {
-            slot: slot_copy,
+            slot: SlotCopy::load(&slot_copy),
             ip: rec.pc,
             sp: rec.sp,
             bp: rec.fp,
@@ -586,9 +594,9 @@ fn finish(
     stw1_mono: u64,
     stacks: &mut StackTable,
     unwinder: &mut Unwinder,
-    files: &mut HashMap<u64, (u64, u32)>,
+    files: &mut HashMap<(u64, u32), Option<String>>,
+    mem: &LiveMemory,
 ) -> TaskRecord {
-    let s = &c.slot;
     let mut addrs = Vec::new();
     let from_sp =
         c.sp.checked_sub(c.base)
@@ -598,38 +606,27 @@ fn finish(
         addrs,
         incomplete: !end.is_complete(),
     });
-    let name_len = (s.name_len.load(Relaxed) as usize).min(NAME_CAP);
-    let name = (name_len > 0).then(|| String::from_utf8_lossy(&s.name[..name_len]).into_owned());
-    let labels = decode_labels(&s.labels[..(s.labels_len.load(Relaxed) as usize).min(LABELS_CAP)]);
-    let state = s.state.load(Relaxed);
-    let since = s.wait_since_ns.load(Relaxed);
-    let wait_ns = if state == TaskState::WAITING && since != 0 {
-        stw1_mono.saturating_sub(since)
+    let s = c.slot;
+    let wait_ns = if s.state == TaskState::WAITING && s.wait_since_ns != 0 {
+        stw1_mono.saturating_sub(s.wait_since_ns)
     } else {
         0
     };
-    let id = s.task_id.load(Relaxed);
-    files.insert(
-        id,
-        (
-            s.spawn_file_addr.load(Relaxed),
-            s.spawn_file_len.load(Relaxed),
-        ),
-    );
+    let file = spawn_file(mem, files, s.file_addr, s.file_len);
     TaskRecord {
-        id,
-        name,
-        state,
-        wait_reason: s.wait_reason.load(Relaxed),
+        id: s.id,
+        name: s.name,
+        state: s.state,
+        wait_reason: s.wait_reason,
         wait_ns,
-        parent_id: s.parent_id.load(Relaxed),
+        parent_id: s.parent_id,
         spawn: SpawnSite {
-            file: None,
-            line: s.spawn_line.load(Relaxed),
-            pc: s.spawn_pc.load(Relaxed),
+            file,
+            line: s.line,
+            pc: s.spawn_pc,
         },
-        labels,
-        system: s.flags.load(Relaxed) & TaskSlot::FLAG_SYSTEM != 0,
+        labels: s.labels,
+        system: s.flags & TaskSlot::FLAG_SYSTEM != 0,
         stack,
         recorded_by: c.by,
     }
@@ -653,26 +650,23 @@ fn decode_labels(b: &[u8]) -> Vec<(String, String)> {
 /// Longest spawn-site file name read from the target.
 const MAX_FILE_NAME: u32 = 4096;
 
-/// Read each distinct spawn-site file name once (they are `&'static str`s in the target).
-fn resolve_spawn_files(
+/// The spawn site's file name (a `&'static str` in the target), read once per address.
+fn spawn_file(
     mem: &LiveMemory,
-    tasks: &mut [TaskRecord],
-    files: &HashMap<u64, (u64, u32)>,
-) {
-    let mut names: HashMap<(u64, u32), Option<String>> = HashMap::new();
-    for t in tasks.iter_mut() {
-        let Some(&(addr, len)) = files.get(&t.id) else {
-            continue;
-        };
-        if addr == 0 || len == 0 || len > MAX_FILE_NAME {
-            continue;
-        }
-        let name = names.entry((addr, len)).or_insert_with(|| {
+    cache: &mut HashMap<(u64, u32), Option<String>>,
+    addr: u64,
+    len: u32,
+) -> Option<String> {
+    if addr == 0 || len == 0 || len > MAX_FILE_NAME {
+        return None;
+    }
+    cache
+        .entry((addr, len))
+        .or_insert_with(|| {
             let mut buf = vec![0u8; len as usize];
             mem.read(addr, &mut buf)
                 .ok()
                 .map(|_| String::from_utf8_lossy(&buf).into_owned())
-        });
-        t.spawn.file = name.clone();
-    }
+        })
+        .clone()
 }

@@ -139,6 +139,9 @@ struct Mapped {
     info: ModuleInfo,
     file: Option<Rc<SymFile>>,
     bias: u64,
+    /// Whether `file` was looked for yet: files are parsed on first use, so a snapshot
+    /// that never lands in, say, libc never decompresses libc's debug info.
+    loaded: bool,
 }
 
 /// Symbolizes addresses of one target process.
@@ -151,6 +154,7 @@ pub struct Symbolizer {
     /// Sorted by start.
     modules: Vec<Mapped>,
     cache: HashMap<u64, Vec<SymFrame>>,
+    errors: Vec<(String, String)>,
 }
 
 impl Symbolizer {
@@ -161,6 +165,7 @@ impl Symbolizer {
             files: HashMap::new(),
             modules: Vec::new(),
             cache: HashMap::new(),
+            errors: Vec::new(),
         }
     }
 
@@ -168,7 +173,7 @@ impl Symbolizer {
     /// returns `(path, message)` for modules whose file couldn't be read or parsed (their
     /// addresses are shown as `module+0xoffset`).
     pub fn set_modules(&mut self, modules: &[ModuleInfo]) -> Vec<(String, String)> {
-        let mut errors = Vec::new();
+        let errors = Vec::new();
         let same = modules.len() == self.modules.len()
             && modules.iter().zip(&self.modules).all(|(a, b)| *a == b.info);
         if same {
@@ -180,38 +185,53 @@ impl Symbolizer {
             if m.end <= m.start {
                 continue;
             }
-            let key = FileKey::of(m);
-            let file = match self.files.get(&key) {
-                Some(f) => f.clone(),
-                None => {
-                    let parsed = self
-                        .source
-                        .read(m)
-                        .map_err(|e| format!("cannot read: {e}"))
-                        .and_then(|b| SymFile::parse(&b, &mut *self.source));
-                    let f = match parsed {
-                        Ok(f) => Some(Rc::new(f)),
-                        Err(msg) => {
-                            errors.push((m.path.clone(), msg));
-                            None
-                        }
-                    };
-                    self.files.insert(key, f.clone());
-                    f
-                }
-            };
-            let bias = match &file {
-                Some(f) => file::load_bias(&f.segments, m),
-                None => m.start.wrapping_sub(m.file_offset),
-            };
             self.modules.push(Mapped {
                 info: m.clone(),
-                file,
-                bias,
+                file: None,
+                bias: m.start.wrapping_sub(m.file_offset),
+                loaded: false,
             });
         }
         self.modules.sort_by_key(|m| m.info.start);
         errors
+    }
+
+    /// Parse the file behind module `i` if that has not been tried yet.
+    fn load(&mut self, i: usize) {
+        if self.modules[i].loaded {
+            return;
+        }
+        let m = self.modules[i].info.clone();
+        let key = FileKey::of(&m);
+        let file = match self.files.get(&key) {
+            Some(f) => f.clone(),
+            None => {
+                let parsed = self
+                    .source
+                    .read(&m)
+                    .map_err(|e| format!("cannot read: {e}"))
+                    .and_then(|b| SymFile::parse(&b, &mut *self.source));
+                let f = match parsed {
+                    Ok(f) => Some(Rc::new(f)),
+                    Err(msg) => {
+                        self.errors.push((m.path.clone(), msg));
+                        None
+                    }
+                };
+                self.files.insert(key, f.clone());
+                f
+            }
+        };
+        if let Some(f) = &file {
+            self.modules[i].bias = file::load_bias(&f.segments, &m);
+        }
+        self.modules[i].file = file;
+        self.modules[i].loaded = true;
+    }
+
+    /// Modules whose file could not be read or parsed so far, as `(path, message)`.
+    pub fn errors(&self) -> &[(String, String)] {
+        &self.errors
     }
 
     /// Frames at `addr`, innermost first: the innermost inlined function first, the
@@ -220,6 +240,12 @@ impl Symbolizer {
     pub fn lookup(&mut self, addr: u64, is_return_address: bool) -> &[SymFrame] {
         let probe = lookup_address(addr, is_return_address);
         if !self.cache.contains_key(&probe) {
+            let i = self.modules.partition_point(|m| m.info.start <= probe);
+            if let Some(i) = i.checked_sub(1) {
+                if probe < self.modules[i].info.end {
+                    self.load(i);
+                }
+            }
             let frames = self.resolve(probe);
             self.cache.insert(probe, frames);
         }
