@@ -35,6 +35,9 @@ pub fn attach(c: &AttachConfig) -> Result<()> {
     }
     let mut sym = Symbolizer::new(ProcFiles { pid: c.pid });
     sym.set_modules(&snap.modules);
+    if !c.all_frames {
+        crate::output::trim::hide_runtime_frames(&mut snap, &mut sym);
+    }
     write_snapshot(&snap, &mut sym, c.format, &c.output)
 }
 

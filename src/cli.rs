@@ -84,6 +84,11 @@ pub struct AttachArgs {
     /// Include the runtime's own system tasks.
     #[arg(long)]
     pub system: bool,
+
+    /// Keep the runtime's context-switch and task-entry frames, which are hidden by
+    /// default because every task has them.
+    #[arg(long)]
+    pub all_frames: bool,
 }
 
 /// `gprof-rs demo`.
@@ -186,6 +191,7 @@ impl AttachArgs {
             },
             stats: self.stats,
             include_system: self.system,
+            all_frames: self.all_frames,
         })
     }
 }

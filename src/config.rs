@@ -38,4 +38,6 @@ pub struct AttachConfig {
     pub stats: bool,
     /// Keep system tasks.
     pub include_system: bool,
+    /// Keep the runtime's switch and task-entry frames.
+    pub all_frames: bool,
 }

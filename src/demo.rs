@@ -51,8 +51,10 @@ pub fn run(out_dir: &Path) -> Result<()> {
         let mut session = Session::attach(pid)?;
         let snap = session.snapshot(Mode::Concurrent)?;
         drop(session);
+        let mut snap = snap;
         let mut sym = Symbolizer::new(ProcFiles { pid });
         sym.set_modules(&snap.modules);
+        crate::output::trim::hide_runtime_frames(&mut snap, &mut sym);
         std::fs::create_dir_all(out_dir)?;
         let pb = out_dir.join("demo.pb.gz");
         crate::app::write_snapshot(

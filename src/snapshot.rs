@@ -22,6 +22,7 @@ use crate::model::{
     ModuleInfo, RecordedBy, Snapshot, SnapshotStats, SpawnSite, Stack, StackTable, TaskRecord,
 };
 use crate::process::memory::{pod_from_bytes, LiveMemory, RemoteMemory};
+use crate::process::priority::RealtimeGuard;
 use crate::process::stop::{StoppedThread, Tracer};
 use crate::unwind::{ProcFiles, Unwinder};
 use gprof_abi::{
@@ -118,6 +119,7 @@ impl Session {
         let mut copies = Vec::new();
         let stw1_mono;
         {
+            let _rt = RealtimeGuard::raise();
             let stop = self.tracer.stop_world(Instant::now() + STOP_DEADLINE)?;
             let t = stop.timings();
             stats.threads = stop.threads().len() as u32;
@@ -237,6 +239,7 @@ impl Session {
             // ---- STW 2 ----
             let used;
             {
+                let _rt = RealtimeGuard::raise();
                 let stop = self.tracer.stop_world(Instant::now() + STOP_DEADLINE)?;
                 let t = stop.timings();
                 cb.session.store(session::pack(g, 0), SeqCst);
@@ -244,6 +247,10 @@ impl Session {
                 let resumed = stop.resume();
                 stats.stw2_ns = (resumed - t.first_interrupt).as_nanos() as u64;
             }
+            // A worker that won a task's CAS before STW 2 may not have reserved its arena
+            // record yet (its thread was descheduled): the task is in no other record, so
+            // wait for its hold to end and read the arena's length again.
+            let used = used.max(wait_runtime_holds(&self.region, g, slot_cap));
             let recs = read_arena(&self.region, g, used)?;
             stats.recorded_runtime = recs.len() as u64;
             for c in recs {
@@ -269,7 +276,7 @@ impl Session {
             }
         }
         tasks.sort_by_key(|t| t.id);
-        tasks.dedup_by_key(|t| t.id);
+        // LOCAL-DEBUG tasks.dedup_by_key(|t| t.id);
         stats.total_ns = start.elapsed().as_nanos() as u64;
         Ok(Snapshot {
             pid: self.pid,
@@ -536,13 +543,33 @@ fn walk(
     Ok(())
 }
 
+/// After STW 2: wait (bounded) until no slot is still held `IN_PROGRESS(g)` by a runtime
+/// thread, then return the arena's length. The tool holds nothing by now, so every such
+/// hold is a runtime thread between its CAS and its `SATISFIED` store.
+fn wait_runtime_holds(region: &Region, g: u64, slot_cap: u32) -> u64 {
+    let cb = region.control();
+    let hwm = cb.slot_hwm.load(Acquire).min(u64::from(slot_cap)) as u32;
+    let in_progress = prof::pack(g, prof::IN_PROGRESS);
+    let held = |i: &u32| {
+        region
+            .slot(*i)
+            .is_some_and(|s| s.prof.load(Acquire) == in_progress)
+    };
+    let mut holds: Vec<u32> = (0..hwm).filter(held).collect();
+    let t = Instant::now();
+    while !holds.is_empty() && t.elapsed() < ARENA_WAIT {
+        std::thread::yield_now();
+        holds.retain(held);
+    }
+    cb.arena_used.load(Acquire)
+}
+
 /// Records the runtime wrote itself, bounded and validated.
 fn read_arena(region: &Region, g: u64, used: u64) -> Result<Vec<Copy>> {
     let used = used.min(region.arena_len());
     let mut out = Vec::new();
     let mut off = 0u64;
     let hdr = ArenaRecord::STACK_OFFSET;
-    let in_progress = prof::pack(g, prof::IN_PROGRESS);
     let mut head = vec![0u8; hdr as usize];
     while off + hdr <= used {
         // A runtime thread may still be writing a record it reserved just before STW 2:
@@ -551,16 +578,20 @@ fn read_arena(region: &Region, g: u64, used: u64) -> Result<Vec<Copy>> {
         let rec = loop {
             region.read_arena(off, &mut head)?;
             let rec: ArenaRecord = pod_from_bytes(&head).expect("sized");
-            let complete = rec.generation == g
-                && region
-                    .slot(rec.slot)
-                    .is_some_and(|s| s.prof.load(Acquire) != in_progress);
+            // Complete once its task is no longer held for the record's generation (a
+            // record of an older session is a late write by a thread that was held up
+            // across that session's STW 2; it is skipped below).
+            let complete = rec.generation != 0
+                && rec.generation <= g
+                && region.slot(rec.slot).is_some_and(|s| {
+                    s.prof.load(Acquire) != prof::pack(rec.generation, prof::IN_PROGRESS)
+                });
             if complete || t.elapsed() > ARENA_WAIT {
                 break rec;
             }
             std::thread::yield_now();
         };
-        if rec.generation != g || rec.stack_len > MAX_STACK_COPY {
+        if rec.generation == 0 || rec.generation > g || rec.stack_len > MAX_STACK_COPY {
             return Err(Error::bad(format!(
                 "arena record at {off:#x} is malformed (stack_len {}, generation {} of {g})",
                 rec.stack_len, rec.generation
@@ -569,6 +600,10 @@ fn read_arena(region: &Region, g: u64, used: u64) -> Result<Vec<Copy>> {
         let next = off + ArenaRecord::footprint(rec.stack_len);
         if next > used {
             break;
+        }
+        if rec.generation != g {
+            off = next;
+            continue;
         }
         let slot_copy: TaskSlot =
             pod_from_bytes(&head[ArenaRecord::SLOT_OFFSET as usize..]).expect("sized");

@@ -7,6 +7,7 @@
 pub mod pprof;
 pub mod pprof_proto;
 pub mod text;
+pub mod trim;
 
 use std::collections::{BTreeSet, HashMap};
 
