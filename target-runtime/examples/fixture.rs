@@ -13,6 +13,8 @@
 //! * `--labeled N`: N tasks like `--recv` but inside `labels::with([("group",
 //!   "labeled"), ("tier", "gold")])`, in `labeled_leaf`.
 //! * `--busy N`: N tasks spinning in `busy_leaf`, yielding now and then.
+//! * `--cgo N`: N tasks in `cgo_caller -> [3 C frames built without frame pointers]
+//!   -> cgo_leaf -> Receiver::recv`.
 //!
 //! It prints `READY <pid>` once every parked task has really switched away (it counts
 //! tasks in the waiting state through the runtime's own table), then waits for a line on
@@ -34,6 +36,7 @@ struct Plan {
     join: usize,
     labeled: usize,
     busy: usize,
+    cgo: usize,
 }
 
 fn parse() -> Plan {
@@ -53,6 +56,7 @@ fn parse() -> Plan {
             "--join" => p.join = v,
             "--labeled" => p.labeled = v,
             "--busy" => p.busy = v,
+            "--cgo" => p.cgo = v,
             other => panic!("fixture: unknown flag {other}"),
         }
         i += 2;
@@ -107,6 +111,17 @@ fn busy_leaf(stop: &AtomicBool) -> u64 {
     x
 }
 
+#[inline(never)]
+fn cgo_leaf(rx: &chan::Receiver<u32>) -> u32 {
+    black_box(rx.recv().unwrap_or(0))
+}
+#[inline(never)]
+fn cgo_caller(rx: chan::Receiver<u32>) -> u32 {
+    let mut out = 0;
+    target_runtime::__private::call_through_c(&mut || out = cgo_leaf(&rx));
+    black_box(out)
+}
+
 fn main() {
     let plan = parse();
     Builder::new()
@@ -142,12 +157,16 @@ fn serve(plan: Plan) {
             spawn(move || labeled_leaf(&rx));
         }
     });
+    for _ in 0..plan.cgo {
+        let rx = rx.clone();
+        spawn(move || cgo_caller(rx));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for _ in 0..plan.busy {
         let stop = stop.clone();
         spawn(move || busy_leaf(&stop));
     }
-    let parked = plan.recv + plan.sleep + plan.mutex + 2 * plan.join + plan.labeled;
+    let parked = plan.recv + plan.sleep + plan.mutex + 2 * plan.join + plan.labeled + plan.cgo;
     while target_runtime::__private::waiting_tasks() < parked {
         target_runtime::sleep(Duration::from_millis(1));
     }

@@ -43,7 +43,7 @@
 
 mod arch;
 mod blocking;
-// pub mod chan; (being written)
+pub mod chan;
 pub mod labels;
 mod local;
 mod overflow;
@@ -53,7 +53,7 @@ mod region;
 mod rt;
 mod sched;
 mod stack;
-// pub mod sync; (being written)
+pub mod sync;
 pub mod task;
 mod timer;
 
@@ -88,6 +88,26 @@ pub mod __private {
                     && s.state.load(std::sync::atomic::Ordering::SeqCst) == gprof_abi::TaskState::WAITING
             })
             .count()
+    }
+    /// Call `f` through three frames of C compiled with `-O2 -fomit-frame-pointer`
+    /// (csrc/nofp.c), so that its stack has frames only DWARF CFI can unwind.
+    pub fn call_through_c(f: &mut dyn FnMut()) {
+        extern "C" {
+            fn gprof_rt_c_middle(
+                cb: extern "C" fn(*mut std::ffi::c_void),
+                arg: *mut std::ffi::c_void,
+                depth: std::ffi::c_long,
+            ) -> std::ffi::c_long;
+        }
+        extern "C" fn trampoline(arg: *mut std::ffi::c_void) {
+            // SAFETY: `arg` is the `&mut &mut dyn FnMut()` passed below, alive for the call.
+            let f = unsafe { &mut *(arg as *mut &mut dyn FnMut()) };
+            f();
+        }
+        let mut f = f;
+        // SAFETY: the C function calls `trampoline(arg)` once, synchronously, with the
+        // pointer it was given; `f` outlives the call.
+        unsafe { gprof_rt_c_middle(trampoline, &mut f as *mut &mut dyn FnMut() as *mut std::ffi::c_void, 2) };
     }
     /// The control block of this process's region, if a runtime has started.
     pub fn control() -> Option<&'static gprof_abi::ControlBlock> {
