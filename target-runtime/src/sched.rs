@@ -244,7 +244,8 @@ fn run_task(w: &WorkerCtx, task: TaskRef) {
     // Name the task before the barrier check, so that a thread stopped anywhere past
     // this point has its task recorded by the profiler during STW 1 (abi docs).
     rec.current.store(u64::from(task.slot) + 1, Relaxed);
-    if region.control().session.load(Relaxed) & session::ACTIVE != 0
+    if cfg!(not(feature = "no-profile-barrier"))
+        && region.control().session.load(Relaxed) & session::ACTIVE != 0
         && crate::profile::before_run(&task) == crate::profile::Barrier::Deferred
     {
         rec.current.store(0, Relaxed);
