@@ -24,6 +24,7 @@ pub fn run(cmd: Command) -> Result<()> {
 
 /// `gprof-rs attach`.
 pub fn attach(c: &AttachConfig) -> Result<()> {
+    crate::snapshot::install_interrupt_handler();
     let mut session = Session::attach(c.pid)?;
     let mut snap = session.snapshot(c.mode)?;
     drop(session);

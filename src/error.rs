@@ -15,6 +15,7 @@
 //! | 7    | another profiler holds the target         | [`Error::ProfilerBusy`] |
 //! | 8    | the target exited or exec'ed mid-operation| [`Error::ProcessExited`], [`Error::TargetExeced`] |
 //! | 9    | the target published invalid data         | [`Error::BadTargetData`] |
+//! | 130  | interrupted by SIGINT/SIGTERM (target released) | [`Error::Interrupted`] |
 
 use std::io;
 
@@ -92,6 +93,10 @@ pub enum Error {
     #[error("a thread of the target exited during the operation: retry")]
     ThreadGone,
 
+    /// SIGINT or SIGTERM arrived; the target was restored before exiting.
+    #[error("interrupted: the target was released and runs on; nothing was written")]
+    Interrupted,
+
     /// Something read from the target failed validation (untrusted input).
     #[error(
         "the target published invalid data ({0}): it is corrupted or hostile; not profiling it"
@@ -135,6 +140,7 @@ impl Error {
             Error::ProcessExited { .. } | Error::TargetExeced { .. } => 8,
             Error::BadTargetData(_) => 9,
             Error::ThreadGone | Error::Ptrace { .. } | Error::Io(_) => 1,
+            Error::Interrupted => 130,
         }
     }
 

@@ -29,6 +29,7 @@ use gprof_abi::{
     prof, session, ArenaRecord, TaskSlot, TaskState, LABELS_CAP, MAX_STACK_COPY, NAME_CAP,
 };
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,66 @@ const UNBORN_WAIT: Duration = Duration::from_millis(20);
 const ARENA_WAIT: Duration = Duration::from_millis(50);
 /// Largest stack the tool accepts for a task (anything larger is bad data).
 const MAX_STACK_SPAN: u64 = 1 << 30;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_sig: libc::c_int) {
+    INTERRUPTED.store(true, SeqCst);
+}
+
+/// Make SIGINT and SIGTERM end a snapshot cleanly: the handler only sets a flag, which
+/// the snapshot checks between batches, so a stop in progress always completes its
+/// resume and the session is released (`Error::Interrupted`) before the tool exits.
+pub fn install_interrupt_handler() {
+    // SAFETY: installs an async-signal-safe handler (one atomic store).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_interrupt as extern "C" fn(libc::c_int) as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Has SIGINT or SIGTERM arrived since [`install_interrupt_handler`]?
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(SeqCst)
+}
+
+/// Test hook (`GPROF_FAILPOINT=<name>`): at the named point the tool announces itself on
+/// stderr and stalls until SIGINT/SIGTERM (or SIGKILL) arrives, so the reliability tests
+/// can interrupt or kill it at a known moment. Points: `after-stw1` (session active, no
+/// task held), `mid-walk` (a batch of tasks held IN_PROGRESS).
+fn failpoint(name: &str) {
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let point = POINT.get_or_init(|| std::env::var("GPROF_FAILPOINT").ok());
+    if point.as_deref() != Some(name) {
+        return;
+    }
+    eprintln!("gprof-rs: failpoint {name}");
+    let until = Instant::now() + Duration::from_secs(60);
+    while !interrupted() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Clears the session's ACTIVE bit on every exit path (error, interrupt): the runtime
+/// then stops waiting on tasks this tool still holds and runs them.
+struct ActiveGuard<'a> {
+    cb: &'a gprof_abi::ControlBlock,
+    word: u64,
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        let idle = self.word & !session::ACTIVE;
+        let _ = self
+            .cb
+            .session
+            .compare_exchange(self.word, idle, SeqCst, Relaxed);
+    }
+}
 
 /// A profiling session on one target: attached once, any number of snapshots.
 pub struct Session {
@@ -117,6 +178,7 @@ impl Session {
 
         // ---- STW 1 ----
         let mut copies = Vec::new();
+        let mut _active = None;
         let stw1_mono;
         {
             let _rt = RealtimeGuard::raise();
@@ -140,6 +202,10 @@ impl Session {
                 0
             };
             cb.session.store(session::pack(g, flags), SeqCst);
+            _active = Some(ActiveGuard {
+                cb,
+                word: session::pack(g, flags),
+            });
             record_current(&self.region, &self.mem, stop.threads(), g, &mut copies)?;
             stats.recorded_stw = copies.len() as u64;
             if mode == Mode::StopTheWorld {
@@ -159,6 +225,10 @@ impl Session {
             }
             let resumed = stop.resume();
             stats.stw1_ns = (resumed - t.first_interrupt).as_nanos() as u64;
+        }
+        failpoint("after-stw1");
+        if interrupted() {
+            return Err(Error::Interrupted);
         }
 
         if mode == Mode::Concurrent {
@@ -276,7 +346,7 @@ impl Session {
             }
         }
         tasks.sort_by_key(|t| t.id);
-        // LOCAL-DEBUG tasks.dedup_by_key(|t| t.id);
+        tasks.dedup_by_key(|t| t.id);
         stats.total_ns = start.elapsed().as_nanos() as u64;
         Ok(Snapshot {
             pid: self.pid,
@@ -490,6 +560,7 @@ fn walk(
             held.push((i - 1, copy));
             continue;
         }
+        failpoint("mid-walk");
         // One batched read of every held task's live stack, then release them all.
         let lens: Vec<usize> = held.iter().map(|(_, c)| c.live_len() as usize).collect();
         buf.clear();
@@ -536,6 +607,9 @@ fn walk(
             });
         }
         cb.heartbeat.fetch_add(1, Relaxed);
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
         if let Some(f) = flush.as_mut() {
             f(out);
         }

@@ -1,6 +1,8 @@
 //! The single integration test binary (`autotests = false`); one module per area.
 
-mod output;
-mod target;
 mod attach;
+mod invariants;
+mod output;
 mod process;
+mod target;
+mod lease;
