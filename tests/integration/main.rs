@@ -6,3 +6,4 @@ mod output;
 mod process;
 mod target;
 mod lease;
+mod cli_docs;

@@ -1,0 +1,53 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_gprof_rs_global_optspecs
+    string join \n h/help
+end
+
+function __fish_gprof_rs_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_gprof_rs_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_gprof_rs_using_subcommand
+    set -l cmd (__fish_gprof_rs_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -s h -l help -d 'Print help'
+complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "attach" -d 'Take one consistent snapshot of every task of a running process'
+complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "demo" -d 'Run the bundled demo service (thousands of tasks), snapshot it, write demo.pb.gz'
+complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "generate" -d 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)'
+complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "demo-service" -d 'The demo\'s target service (started by `gprof-rs demo`)'
+complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -s o -l output -d 'Write the profile to FILE instead of standard output. With -o the default format is pprof (gzip\'d profile.proto that `go tool pprof` reads)' -r -F
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l format -d 'Output format: `pprof` (binary, needs -o), `text` (counts per distinct stack with labels, like Go\'s debug=1) or `tasks` (one block per task with its state, wait time and creator, like Go\'s debug=2). Default: text, or pprof with -o' -r -f -a "pprof\t'gzip\'d pprof profile.proto'
+text\t'Counts per distinct stack (Go\'s debug=1)'
+tasks\t'One block per task (Go\'s debug=2)'"
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l mode -d '`concurrent`: two short stops, tasks recorded while the target runs (default). `stw`: everything inside one stop, like Go\'s old synchronous profile; the pause then grows with the number of tasks' -r -f -a "concurrent\t'Two short stops; tasks recorded while the target runs'
+stw\t'One stop for the whole snapshot'"
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l stats -d 'Print the pause lengths, task counts and bytes copied to standard error'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l system -d 'Include the runtime\'s own system tasks'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l all-frames -d 'Keep the runtime\'s context-switch and task-entry frames, which are hidden by default because every task has them'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand demo" -l out-dir -d 'Directory to write demo.pb.gz into' -r -F
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand demo" -s h -l help -d 'Print help'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand generate" -l man-dir -d 'Directory for the man page' -r -F
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand generate" -l completions-dir -d 'Directory for the completions' -r -F
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand generate" -s h -l help -d 'Print help'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand demo-service" -s h -l help -d 'Print help'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach demo generate demo-service help" -f -a "attach" -d 'Take one consistent snapshot of every task of a running process'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach demo generate demo-service help" -f -a "demo" -d 'Run the bundled demo service (thousands of tasks), snapshot it, write demo.pb.gz'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach demo generate demo-service help" -f -a "generate" -d 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach demo generate demo-service help" -f -a "demo-service" -d 'The demo\'s target service (started by `gprof-rs demo`)'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach demo generate demo-service help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
