@@ -48,13 +48,24 @@ pub(crate) fn before_run(task: &Task) -> Barrier {
             {
                 continue;
             }
+            // Both ends of the hold are CASes: if this thread was held up since it loaded
+            // `s` and a later session's STW 1 has meanwhile recorded the task (it is this
+            // worker's current task) and marked it SATISFIED, that word must stay.
+            let held = prof::pack(g, prof::IN_PROGRESS);
             if record_self(cb, task, slot, g) {
                 cb.self_recorded.fetch_add(1, Relaxed);
-                slot.prof.store(prof::pack(g, prof::SATISFIED), Release);
+                let done = prof::pack(g, prof::SATISFIED);
+                let _ = slot.prof.compare_exchange(held, done, Release, Relaxed);
                 return Barrier::Run;
             }
             // No room: give it back to the profiler, which walks every slot.
-            slot.prof.store(p, Release);
+            if slot
+                .prof
+                .compare_exchange(held, p, Release, Relaxed)
+                .is_err()
+            {
+                return Barrier::Run;
+            }
             cb.arena_full.fetch_add(1, Relaxed);
             return Barrier::Deferred;
         }

@@ -34,8 +34,10 @@
 //!
 //! A profile is a *session* with generation `g` (see [`session`]). Each task slot has a
 //! profile word `prof` (see [`prof`]) that packs a generation and a state. A word whose
-//! generation is not the current session's reads as ABSENT, so no reset pass is needed
-//! after a profile.
+//! generation is older than the current session's reads as ABSENT, so no reset pass is
+//! needed after a profile. A word of a *newer* generation never reads as absent: a
+//! runtime thread that loaded the session word before a later STW 1 must not take a task
+//! that session already recorded.
 //!
 //! 1. STW 1 (the profiler has ptrace-stopped every thread): the profiler stores
 //!    `session = g | ACTIVE`, resets `arena_used`, and records itself every task that a
@@ -419,10 +421,12 @@ pub mod prof {
     pub const fn pack(generation: u64, state: u64) -> u64 {
         (generation << 2) | (state & 3)
     }
-    /// Does this word read as ABSENT for a session of generation `g`?
+    /// Does this word read as ABSENT for a session of generation `g`? Only words of an
+    /// older generation (or `g`'s own ABSENT) do; the special words and words of newer
+    /// generations never do.
     pub const fn is_absent_for(word: u64, g: u64) -> bool {
         let gen = generation(word);
-        gen != SPECIAL_GEN && (gen != g || state(word) == ABSENT)
+        gen < g || (gen == g && state(word) == ABSENT)
     }
 }
 
@@ -480,6 +484,8 @@ mod tests {
             assert!(prof::is_absent_for(prof::pack(g - 1, prof::SATISFIED), g));
             assert!(!prof::is_absent_for(prof::pack(g, prof::SATISFIED), g));
             assert!(!prof::is_absent_for(prof::pack(g, prof::IN_PROGRESS), g));
+            // A newer session's word, seen by a thread with a stale session load.
+            assert!(!prof::is_absent_for(prof::pack(g + 1, prof::SATISFIED), g));
         }
     }
 
