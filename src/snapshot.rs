@@ -467,6 +467,12 @@ fn record_current(
         if slot.task_id.load(Acquire) == 0 {
             continue;
         }
+        if slot.state.load(Acquire) == TaskState::DEAD {
+            // Stopped in `exit_task` after the task's last switch: it was not alive at
+            // STW 1. Mark it so that nobody records it before its slot is freed.
+            slot.prof.store(prof::pack(g, prof::SATISFIED), SeqCst);
+            continue;
+        }
         let Some((lo, hi)) = stack_span(slot) else {
             continue;
         };
