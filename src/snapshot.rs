@@ -713,10 +713,7 @@ fn finish(
     mem: &LiveMemory,
 ) -> TaskRecord {
     let mut addrs = Vec::new();
-    let from_sp =
-        c.sp.checked_sub(c.base)
-            .and_then(|skip| c.stack.get(skip as usize..));
-    let end = unwinder.unwind(c.ip, c.sp, c.bp, from_sp.unwrap_or(&[]), &mut addrs);
+    let end = unwinder.unwind_from(c.ip, c.sp, c.bp, c.base, &c.stack, &mut addrs);
     let stack = stacks.intern(Stack {
         addrs,
         incomplete: !end.is_complete(),

@@ -328,11 +328,28 @@ impl Unwinder {
         stack: &[u8],
         out: &mut Vec<u64>,
     ) -> UnwindEnd {
+        self.unwind_from(ip, sp, bp, sp, stack, out)
+    }
+
+    /// [`unwind`](Self::unwind) with a stack copy that starts at `base <= sp`. A thread
+    /// stopped at an arbitrary instruction may need the bytes just below its stack
+    /// pointer: the x86_64 red zone, where the context switch's final `jmp` keeps its
+    /// target (see target-runtime's `arch/x86_64.rs`).
+    pub fn unwind_from(
+        &mut self,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        base: u64,
+        stack: &[u8],
+        out: &mut Vec<u64>,
+    ) -> UnwindEnd {
         out.clear();
         out.push(ip);
-        let stack_end = sp.saturating_add(stack.len() as u64);
+        let base = base.min(sp);
+        let stack_end = base.saturating_add(stack.len() as u64);
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
-            let off = addr.checked_sub(sp).ok_or(())? as usize;
+            let off = addr.checked_sub(base).ok_or(())? as usize;
             let bytes = stack.get(off..off.checked_add(8).ok_or(())?).ok_or(())?;
             Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
         };
@@ -356,7 +373,7 @@ impl Unwinder {
                 },
                 Ok(None) => return self.classify_stop(frame),
                 Err(framehop::Error::CouldNotReadStack(addr)) => {
-                    return if addr >= sp && addr.saturating_add(8) > stack_end {
+                    return if addr >= base && addr.saturating_add(8) > stack_end {
                         UnwindEnd::StackCopyEnded
                     } else {
                         UnwindEnd::Error(UnwindError::ReadBelowStack(addr))

@@ -1,9 +1,10 @@
 //! The single integration test binary (`autotests = false`); one module per area.
 
 mod attach;
+mod cli_docs;
 mod invariants;
+mod lease;
 mod output;
 mod process;
+mod switch_cfi;
 mod target;
-mod lease;
-mod cli_docs;
