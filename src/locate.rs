@@ -825,7 +825,7 @@ impl Region {
     /// that range may be changing; the copy is then garbage, never unsafe for the tool.
     pub fn read_arena(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let end = offset.checked_add(buf.len() as u64);
-        if !end.is_some_and(|e| e <= self.layout.arena_len) {
+        if end.is_none_or(|e| e > self.layout.arena_len) {
             return Err(Error::bad(format!(
                 "arena read [{offset:#x}, +{:#x}) is outside the {:#x}-byte arena",
                 buf.len(),

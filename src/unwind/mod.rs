@@ -256,7 +256,7 @@ impl Unwinder {
         let stale: Vec<u64> = self
             .active
             .iter()
-            .filter(|(start, a)| wanted.get(start).map_or(true, |m| **m != a.info))
+            .filter(|(start, a)| wanted.get(start).is_none_or(|m| **m != a.info))
             .map(|(start, _)| *start)
             .collect();
         let changed = !stale.is_empty();

@@ -20,13 +20,23 @@ fn in_task_backtrace_ends_at_the_task_entry() {
     assert!(bt.contains("capture_in_task"), "{bt}");
     let last = bt
         .lines()
-        .filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()))
-        .last()
+        .rfind(|l| {
+            l.trim_start()
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit())
+        })
         .unwrap_or_default()
         .to_string();
-    assert!(last.contains("gprof_rt_task_entry"), "last frame is {last:?} in\n{bt}");
+    assert!(
+        last.contains("gprof_rt_task_entry"),
+        "last frame is {last:?} in\n{bt}"
+    );
     for scheduler_frame in ["worker_main", "run_task", "std::thread"] {
-        assert!(!bt.contains(scheduler_frame), "{scheduler_frame} leaked into\n{bt}");
+        assert!(
+            !bt.contains(scheduler_frame),
+            "{scheduler_frame} leaked into\n{bt}"
+        );
     }
 }
 
@@ -63,14 +73,26 @@ fn overflow_child() {
 #[test]
 fn stack_overflow_is_reported_with_task_and_size_then_aborts() {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "overflow_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "overflow_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("TR_OVERFLOW_CHILD", "1")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "child survived an overflow: {stderr}");
+    assert!(
+        !out.status.success(),
+        "child survived an overflow: {stderr}"
+    );
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(out.status.signal(), Some(libc_sigabrt()), "stderr: {stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc_sigabrt()),
+        "stderr: {stderr}"
+    );
     let re_ok = stderr.lines().any(|l| {
         l.starts_with("fatal error: task ")
             && l.contains("(deep-recursion) overflowed its 65536-byte stack")

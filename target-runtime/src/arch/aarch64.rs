@@ -137,10 +137,10 @@ pub unsafe fn init_stack(hi: u64, entry: extern "C" fn(usize) -> !, arg: usize) 
     let sp = hi - 16 - SWITCH_FRAME as u64;
     let mut words = [0u64; 20];
     words[8] = arg as u64; // x19
-    words[9] = entry as u64; // x20
+    words[9] = entry as usize as u64; // x20
     words[18] = 0; // x29
     words[19] = task_entry_pc() + 4; // x30: just past the nop
-    // SAFETY: the caller guarantees the bytes below `hi` are ours to write.
+                                     // SAFETY: the caller guarantees the bytes below `hi` are ours to write.
     unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), sp as *mut u64, words.len()) };
     sp
 }
