@@ -79,13 +79,19 @@ pub mod __private {
     /// Tasks of this process now parked (state waiting), counted from the shared table.
     /// For fixtures that must not announce themselves before every task has parked.
     pub fn waiting_tasks() -> usize {
-        let Some(r) = crate::region::try_get() else { return 0 };
-        let hwm = r.control().slot_hwm.load(std::sync::atomic::Ordering::SeqCst);
+        let Some(r) = crate::region::try_get() else {
+            return 0;
+        };
+        let hwm = r
+            .control()
+            .slot_hwm
+            .load(std::sync::atomic::Ordering::SeqCst);
         (0..hwm as u32)
             .map(|i| r.slot(i))
             .filter(|s| {
                 s.task_id.load(std::sync::atomic::Ordering::SeqCst) != 0
-                    && s.state.load(std::sync::atomic::Ordering::SeqCst) == gprof_abi::TaskState::WAITING
+                    && s.state.load(std::sync::atomic::Ordering::SeqCst)
+                        == gprof_abi::TaskState::WAITING
             })
             .count()
     }
@@ -107,7 +113,13 @@ pub mod __private {
         let mut f = f;
         // SAFETY: the C function calls `trampoline(arg)` once, synchronously, with the
         // pointer it was given; `f` outlives the call.
-        unsafe { gprof_rt_c_middle(trampoline, &mut f as *mut &mut dyn FnMut() as *mut std::ffi::c_void, 2) };
+        unsafe {
+            gprof_rt_c_middle(
+                trampoline,
+                &mut f as *mut &mut dyn FnMut() as *mut std::ffi::c_void,
+                2,
+            )
+        };
     }
     /// The control block of this process's region, if a runtime has started.
     pub fn control() -> Option<&'static gprof_abi::ControlBlock> {

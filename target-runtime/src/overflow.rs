@@ -39,7 +39,11 @@ impl AltStack {
         if base == libc::MAP_FAILED {
             return None;
         }
-        let ss = libc::stack_t { ss_sp: base, ss_flags: 0, ss_size: ALT_STACK };
+        let ss = libc::stack_t {
+            ss_sp: base,
+            ss_flags: 0,
+            ss_size: ALT_STACK,
+        };
         // SAFETY: `ss` describes the mapping just made, which outlives its use (drop
         // disables the alternate stack before unmapping it).
         unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) };
@@ -49,7 +53,11 @@ impl AltStack {
 
 impl Drop for AltStack {
     fn drop(&mut self) {
-        let ss = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+        let ss = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        };
         // SAFETY: disables this thread's alternate stack, then unmaps our mapping.
         unsafe {
             libc::sigaltstack(&ss, std::ptr::null_mut());
@@ -62,7 +70,8 @@ fn install_handler() {
     // SAFETY: a zeroed sigaction is a valid starting value; we fill handler and flags.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = handler as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+        sa.sa_sigaction =
+            handler as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
         sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
         libc::sigemptyset(&mut sa.sa_mask);
         libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut());
@@ -113,7 +122,8 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut l
                 let mut b = Buf { b: [0; 256], n: 0 };
                 b.push(b"fatal error: task ");
                 b.num(slot.task_id.load(std::sync::atomic::Ordering::Relaxed));
-                let n = (slot.name_len.load(std::sync::atomic::Ordering::Relaxed) as usize).min(gprof_abi::NAME_CAP);
+                let n = (slot.name_len.load(std::sync::atomic::Ordering::Relaxed) as usize)
+                    .min(gprof_abi::NAME_CAP);
                 if n > 0 {
                     b.push(b" (");
                     // SAFETY: the slot's name bytes are plain memory in our mapping.

@@ -96,7 +96,8 @@ pub(crate) fn park(reason: u32) {
     let parked = sched::with_current_task("park", |t| {
         let slot = t.slot();
         slot.wait_reason.store(reason, Relaxed);
-        slot.wait_since_ns.store(crate::timer::coarse_now_ns(), Relaxed);
+        slot.wait_since_ns
+            .store(crate::timer::coarse_now_ns(), Relaxed);
         t.run_state.store(run_state::PARKING, SeqCst);
         // SAFETY: we are the running task.
         let prepared = unsafe { t.owned().prepared_token };

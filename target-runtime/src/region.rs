@@ -67,8 +67,14 @@ impl Region {
     fn create() -> io::Result<Region> {
         let page = crate::stack::page_size() as u64;
         let worker_off = CONTROL_SIZE;
-        let slot_off = align(worker_off + u64::from(WORKER_CAP) * size_of::<WorkerRecord>() as u64, page);
-        let arena_off = align(slot_off + u64::from(SLOT_CAP) * size_of::<TaskSlot>() as u64, page);
+        let slot_off = align(
+            worker_off + u64::from(WORKER_CAP) * size_of::<WorkerRecord>() as u64,
+            page,
+        );
+        let arena_off = align(
+            slot_off + u64::from(SLOT_CAP) * size_of::<TaskSlot>() as u64,
+            page,
+        );
         let len = arena_off + ARENA_LEN;
 
         // SAFETY: the name is a NUL-terminated literal.
@@ -157,7 +163,10 @@ impl Region {
     pub fn slot(&self, i: u32) -> &TaskSlot {
         assert!(i < SLOT_CAP);
         // SAFETY: in bounds (checked); slots are 512-byte aligned records in the mapping.
-        unsafe { &*((self.base + self.slot_off + u64::from(i) * size_of::<TaskSlot>() as u64) as *const TaskSlot) }
+        unsafe {
+            &*((self.base + self.slot_off + u64::from(i) * size_of::<TaskSlot>() as u64)
+                as *const TaskSlot)
+        }
     }
 
     /// Raw pointer to slot `i`, for the non-atomic byte arrays (name, labels).
@@ -170,7 +179,10 @@ impl Region {
     pub fn worker(&self, i: u32) -> &WorkerRecord {
         assert!(i < WORKER_CAP);
         // SAFETY: in bounds; records are plain atomics.
-        unsafe { &*((self.base + self.worker_off + u64::from(i) * size_of::<WorkerRecord>() as u64) as *const WorkerRecord) }
+        unsafe {
+            &*((self.base + self.worker_off + u64::from(i) * size_of::<WorkerRecord>() as u64)
+                as *const WorkerRecord)
+        }
     }
 
     /// Start address and length of the arena.
@@ -180,7 +192,11 @@ impl Region {
 
     /// Take a free slot, marked UNBORN. `None` when the table is full.
     pub fn alloc_slot(&self) -> Option<u32> {
-        let reused = self.free_slots.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let reused = self
+            .free_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
         let i = match reused {
             Some(i) => i,
             None => {
@@ -200,12 +216,19 @@ impl Region {
     /// Give a slot back. The caller has already cleared `task_id`.
     pub fn free_slot(&self, i: u32) {
         self.slot(i).prof.store(prof::FREE, Release);
-        self.free_slots.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+        self.free_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(i);
     }
 
     /// Take a worker record for the calling thread.
     pub fn alloc_worker(&self) -> Option<u32> {
-        let i = self.free_workers.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+        let i = self
+            .free_workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()?;
         let cb = self.control();
         // worker_count is a high-water mark: the profiler scans [0, worker_count).
         cb.worker_count.fetch_max(i + 1, SeqCst);
@@ -224,6 +247,9 @@ impl Region {
         w.tid.store(0, SeqCst);
         w.status.store(WorkerRecord::IDLE, SeqCst);
         w.current.store(0, SeqCst);
-        self.free_workers.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+        self.free_workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(i);
     }
 }

@@ -85,7 +85,9 @@ impl Builder {
             return Err(BuildError::Nested);
         }
         let workers = match self.workers {
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()).min(256),
+            None => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(256),
             Some(0) => {
                 return Err(BuildError::InvalidWorkers(
                     "workers(0): a runtime needs at least one worker thread".into(),
@@ -115,8 +117,11 @@ impl Builder {
         )
         .map_err(|e| BuildError::Io(e.to_string()))?;
 
-        let deques: Vec<Deque<crate::task::TaskRef>> = (0..workers).map(|_| Deque::new_fifo()).collect();
-        let _ = shared.stealers.set(deques.iter().map(|d| d.stealer()).collect());
+        let deques: Vec<Deque<crate::task::TaskRef>> =
+            (0..workers).map(|_| Deque::new_fifo()).collect();
+        let _ = shared
+            .stealers
+            .set(deques.iter().map(|d| d.stealer()).collect());
         let timer = {
             let s = shared.clone();
             std::thread::Builder::new()
@@ -137,7 +142,9 @@ impl Builder {
         // Workers that went idle before their Thread handle was published must look again.
         shared.wake_all();
         let result = main.join();
-        shared.shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
+        shared
+            .shutdown
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         shared.wake_all();
         for h in handles {
             let _ = h.join();

@@ -87,7 +87,10 @@ impl Shared {
 
     fn has_visible_work(&self) -> bool {
         !self.injector.is_empty()
-            || self.stealers.get().is_some_and(|s| s.iter().any(|s| !s.is_empty()))
+            || self
+                .stealers
+                .get()
+                .is_some_and(|s| s.iter().any(|s| !s.is_empty()))
     }
 }
 
@@ -413,7 +416,9 @@ pub(crate) fn worker_main(shared: Arc<Shared>, index: usize, local: Deque<TaskRe
         record,
         tick: Cell::new(0),
         runnext_streak: Cell::new(0),
-        rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)),
+        rng: Cell::new(
+            0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+        ),
     };
     WORKER.with(|w| w.set(&ctx));
     loop {

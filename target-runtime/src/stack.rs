@@ -141,7 +141,11 @@ pub fn alloc(size: usize) -> io::Result<Stack> {
     let page = page_size();
     let base = map(size + page)?;
     install_guard(base, page)?;
-    Ok(Stack { lo: base + page as u64, hi: base + (page + size) as u64, owned_map: true })
+    Ok(Stack {
+        lo: base + page as u64,
+        hi: base + (page + size) as u64,
+        owned_map: true,
+    })
 }
 
 fn refill(pool: &mut Pool) -> io::Result<()> {
@@ -166,7 +170,12 @@ pub fn free(stack: Stack) {
         let page = page_size() as u64;
         // SAFETY: the mapping was created by `alloc` for this stack alone and nothing
         // refers to it any more (the task that ran on it has switched away for good).
-        unsafe { libc::munmap((stack.lo - page) as *mut libc::c_void, stack.size() + page as usize) };
+        unsafe {
+            libc::munmap(
+                (stack.lo - page) as *mut libc::c_void,
+                stack.size() + page as usize,
+            )
+        };
         return;
     }
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
@@ -191,7 +200,9 @@ mod tests {
 
     #[test]
     fn sizes_are_validated() {
-        assert!(validate_size(1024).unwrap_err().contains("below the minimum"));
+        assert!(validate_size(1024)
+            .unwrap_err()
+            .contains("below the minimum"));
         assert!(validate_size(MAX_STACK_SIZE + 1).is_err());
         assert_eq!(validate_size(MIN_STACK_SIZE + 1).unwrap() % page_size(), 0);
     }

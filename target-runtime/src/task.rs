@@ -138,7 +138,9 @@ pub struct JoinHandle<T> {
 
 impl<T> fmt::Debug for JoinHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JoinHandle").field("task", &self.id).finish()
+        f.debug_struct("JoinHandle")
+            .field("task", &self.id)
+            .finish()
     }
 }
 
@@ -150,7 +152,11 @@ impl<T> JoinHandle<T> {
 
     /// Has the task finished?
     pub fn is_finished(&self) -> bool {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner()).done
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .done
     }
 
     /// Wait for the task to finish and return its result; `Err` carries the panic
@@ -250,7 +256,15 @@ where
     let pc = crate::arch::current_pc();
     let shared = sched::current_shared("spawn");
     let (parent, labels) = sched::current_task_meta();
-    match spawn_on(&shared, Builder::new(), f, parent, labels, Location::caller(), pc) {
+    match spawn_on(
+        &shared,
+        Builder::new(),
+        f,
+        parent,
+        labels,
+        Location::caller(),
+        pc,
+    ) {
         Ok(h) => h,
         Err(e) => panic!("{e}"),
     }
@@ -287,7 +301,9 @@ where
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         j2.complete(r);
     });
-    let task = create(shared, entry, b.name, size, b.system, parent, labels, site, pc)?;
+    let task = create(
+        shared, entry, b.name, size, b.system, parent, labels, site, pc,
+    )?;
     let id = task.id;
     sched::schedule_new(task);
     Ok(JoinHandle { inner: join, id })
@@ -335,10 +351,12 @@ pub(crate) fn create(
     slot.wait_reason.store(0, Relaxed);
     slot.wait_since_ns.store(0, Relaxed);
     slot.parent_id.store(parent, Relaxed);
-    slot.flags.store(if system { TaskSlot::FLAG_SYSTEM } else { 0 }, Relaxed);
+    slot.flags
+        .store(if system { TaskSlot::FLAG_SYSTEM } else { 0 }, Relaxed);
     slot.stack_lo.store(lo, Relaxed);
     slot.stack_hi.store(hi, Relaxed);
-    slot.spawn_file_addr.store(site.file().as_ptr() as u64, Relaxed);
+    slot.spawn_file_addr
+        .store(site.file().as_ptr() as u64, Relaxed);
     slot.spawn_file_len.store(site.file().len() as u32, Relaxed);
     slot.spawn_line.store(site.line(), Relaxed);
     slot.spawn_pc.store(pc, Relaxed);
@@ -399,10 +417,16 @@ pub(crate) fn write_meta(slot_index: u32, name: Option<&str>, labels: &[(String,
     slot.labels_len.store(len as u32, Relaxed);
     let flags = slot.flags.load(Relaxed) & !TaskSlot::FLAG_LABELS_TRUNCATED;
     slot.flags.store(
-        flags | if truncated { TaskSlot::FLAG_LABELS_TRUNCATED } else { 0 },
+        flags
+            | if truncated {
+                TaskSlot::FLAG_LABELS_TRUNCATED
+            } else {
+                0
+            },
         Relaxed,
     );
-    slot.meta_seq.store((seq.wrapping_add(1) | 1).wrapping_add(1), SeqCst);
+    slot.meta_seq
+        .store((seq.wrapping_add(1) | 1).wrapping_add(1), SeqCst);
 }
 
 fn floor_char_boundary(s: &[u8], max: usize) -> usize {
@@ -427,7 +451,9 @@ pub fn current_id() -> u64 {
 
 /// Name of the calling task, if it has one.
 pub fn current_name() -> Option<String> {
-    sched::with_current_task("task::current_name", |t| t.name.as_deref().map(String::from))
+    sched::with_current_task("task::current_name", |t| {
+        t.name.as_deref().map(String::from)
+    })
 }
 
 /// Flag the calling task as runtime-internal or not (Go's system goroutines, see issue
@@ -437,7 +463,11 @@ pub fn set_system(yes: bool) {
     sched::with_current_task("task::set_system", |t| {
         let slot = t.slot();
         let f = slot.flags.load(Relaxed);
-        let f = if yes { f | TaskSlot::FLAG_SYSTEM } else { f & !TaskSlot::FLAG_SYSTEM };
+        let f = if yes {
+            f | TaskSlot::FLAG_SYSTEM
+        } else {
+            f & !TaskSlot::FLAG_SYSTEM
+        };
         slot.flags.store(f, Relaxed);
     })
 }

@@ -59,7 +59,11 @@ pub(crate) struct Timers {
 
 impl Timers {
     pub(crate) fn new() -> Self {
-        Timers { state: Mutex::new(State::default()), cond: Condvar::new(), watch: AtomicBool::new(false) }
+        Timers {
+            state: Mutex::new(State::default()),
+            cond: Condvar::new(),
+            watch: AtomicBool::new(false),
+        }
     }
 
     fn add(&self, at: Instant, waiter: Waiter) {
@@ -122,7 +126,12 @@ impl Timers {
                 wait = Some(wait.map_or(WATCHDOG_PERIOD, |w| w.min(WATCHDOG_PERIOD)));
             }
             s = match wait {
-                Some(d) => self.cond.wait_timeout(s, d).unwrap_or_else(|e| e.into_inner()).0,
+                Some(d) => {
+                    self.cond
+                        .wait_timeout(s, d)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
                 None => self.cond.wait(s).unwrap_or_else(|e| e.into_inner()),
             };
         }
@@ -133,7 +142,10 @@ impl Timers {
 /// the same time base as CLOCK_MONOTONIC. Used for wait-since stamps, which a profile
 /// shows in minutes.
 pub(crate) fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -141,7 +153,10 @@ pub(crate) fn coarse_now_ns() -> u64 {
 
 /// CLOCK_MONOTONIC in nanoseconds.
 pub(crate) fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

@@ -130,10 +130,16 @@ fn labels_are_scoped_and_inherited() {
                 let child = spawn(labels::get).join().unwrap();
                 assert_eq!(
                     child,
-                    vec![("service".into(), "api".into()), ("handler".into(), "login".into())]
+                    vec![
+                        ("service".into(), "api".into()),
+                        ("handler".into(), "login".into())
+                    ]
                 );
             });
-            assert_eq!(labels::get(), vec![("service".to_string(), "api".to_string())]);
+            assert_eq!(
+                labels::get(),
+                vec![("service".to_string(), "api".to_string())]
+            );
         })
         .unwrap();
 }
@@ -152,7 +158,10 @@ fn task_ids_names_and_builder_errors() {
             let (id, name) = h.join().unwrap();
             assert_ne!(id, me);
             assert_eq!(name.as_deref(), Some("worker-a"));
-            let e = task::Builder::new().stack_size(1024).spawn(|| ()).unwrap_err();
+            let e = task::Builder::new()
+                .stack_size(1024)
+                .spawn(|| ())
+                .unwrap_err();
             assert!(e.to_string().contains("below the minimum"), "{e}");
         })
         .unwrap();

@@ -173,7 +173,10 @@ fn stw_snapshot_has_every_task_with_its_exact_stack() {
 #[test]
 fn c_frames_without_frame_pointers_unwind() {
     let t = Target::start("fixture", &["--workers", "2", "--cgo", "20"]);
-    let snap = Session::attach(t.pid).unwrap().snapshot(Mode::Concurrent).unwrap();
+    let snap = Session::attach(t.pid)
+        .unwrap()
+        .snapshot(Mode::Concurrent)
+        .unwrap();
     let mut sym = Symbolizer::new(ProcFiles { pid: t.pid });
     sym.set_modules(&snap.modules);
     let mut seen = 0;
@@ -185,8 +188,14 @@ fn c_frames_without_frame_pointers_unwind() {
         seen += 1;
         let names: Vec<&str> = fr.iter().map(|f| short(f)).collect();
         let leaf = names.iter().position(|&f| f == "cgo_leaf").unwrap();
-        let caller = names.iter().position(|&f| f == "cgo_caller").expect("caller frame");
-        let c_frames = names[leaf..caller].iter().filter(|&&f| f == "gprof_rt_c_middle").count();
+        let caller = names
+            .iter()
+            .position(|&f| f == "cgo_caller")
+            .expect("caller frame");
+        let c_frames = names[leaf..caller]
+            .iter()
+            .filter(|&&f| f == "gprof_rt_c_middle")
+            .count();
         assert_eq!(c_frames, 3, "{names:?}");
         assert!(!snap.stacks.get(task.stack).incomplete, "{names:?}");
         assert_eq!(names.last(), Some(&"gprof_rt_task_entry"), "{names:?}");

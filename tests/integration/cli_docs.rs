@@ -19,14 +19,30 @@ fn man_pages_and_completions_are_up_to_date() {
             stale.push(rel);
         }
     }
-    assert!(stale.is_empty(), "stale generated files {stale:?}: run `cargo run -- generate`");
+    assert!(
+        stale.is_empty(),
+        "stale generated files {stale:?}: run `cargo run -- generate`"
+    );
 }
 
 #[test]
 fn help_explains_every_attach_option_with_examples() {
-    let out = crate::target::gprof_rs().args(["attach", "--help"]).output().unwrap();
+    let out = crate::target::gprof_rs()
+        .args(["attach", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["--output", "--format", "--mode", "--stats", "Examples:", "go tool pprof"] {
-        assert!(help.contains(needle), "attach --help lacks {needle:?}:\n{help}");
+    for needle in [
+        "--output",
+        "--format",
+        "--mode",
+        "--stats",
+        "Examples:",
+        "go tool pprof",
+    ] {
+        assert!(
+            help.contains(needle),
+            "attach --help lacks {needle:?}:\n{help}"
+        );
     }
 }

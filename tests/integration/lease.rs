@@ -41,7 +41,10 @@ fn exits_promptly(mut t: Target) {
             assert!(st.success(), "fixture exited with {st}");
             return;
         }
-        assert!(Instant::now() < deadline, "the target is wedged after the profiler went away");
+        assert!(
+            Instant::now() < deadline,
+            "the target is wedged after the profiler went away"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -49,7 +52,10 @@ fn exits_promptly(mut t: Target) {
 const ARGS: &[&str] = &["--workers", "2", "--recv", "2000", "--busy", "2"];
 
 fn all_tasks_seen_again(pid: u32) {
-    let snap = Session::attach(pid).unwrap().snapshot(Mode::Concurrent).unwrap();
+    let snap = Session::attach(pid)
+        .unwrap()
+        .snapshot(Mode::Concurrent)
+        .unwrap();
     assert_eq!(snap.tasks.len(), 2003, "recv + busy + main after recovery");
 }
 
@@ -57,7 +63,11 @@ fn all_tasks_seen_again(pid: u32) {
 fn sigint_mid_walk_releases_the_target() {
     let t = Target::start("fixture", ARGS);
     let mut tool = stalled_tool(t.pid, "mid-walk");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(tool.id() as i32), nix::sys::signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(tool.id() as i32),
+        nix::sys::signal::SIGINT,
+    )
+    .unwrap();
     let st = tool.wait().unwrap();
     assert_eq!(st.code(), Some(130));
     all_tasks_seen_again(t.pid);
