@@ -347,3 +347,117 @@ fn churn_every_task_alive_at_stw1_appears_once_with_its_stw1_stack() {
         "churn ran on and exited cleanly"
     );
 }
+
+fn read_counters(t: &mut Target) -> BTreeMap<String, u64> {
+    t.send("report");
+    let line = t.read_line();
+    let rest = line
+        .strip_prefix("COUNTERS ")
+        .unwrap_or_else(|| panic!("syscalls said {line:?} instead of COUNTERS"));
+    let counters = rest
+        .split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once('=')
+                .unwrap_or_else(|| panic!("bad counter {kv:?}"));
+            (
+                k.to_string(),
+                v.parse().unwrap_or_else(|_| panic!("bad counter {kv:?}")),
+            )
+        })
+        .collect();
+    assert_eq!(t.read_line().trim(), "END");
+    counters
+}
+
+#[test]
+fn blocked_syscalls_see_no_eintr_and_timers_are_exact_over_200_snapshots() {
+    const SLEEPERS: usize = 40;
+    let mut t = Target::start("syscalls", &["--workers", "2", "--sleepers", "40"]);
+    let mut session = Session::attach(t.pid).expect("attach");
+    for i in 0..200 {
+        let snap = session
+            .snapshot(Mode::Concurrent)
+            .unwrap_or_else(|e| panic!("snapshot #{i}: {e}"));
+        // The sleepers and main, every time: none lost while they sleep and wake.
+        assert_eq!(
+            snap.tasks.len(),
+            SLEEPERS + 1,
+            "snapshot #{i}: task ids {:?}",
+            snap.tasks.iter().map(|t| t.id).collect::<Vec<_>>()
+        );
+    }
+    drop(session);
+    let c = read_counters(&mut t);
+    let get = |k: &str| {
+        *c.get(k)
+            .unwrap_or_else(|| panic!("no counter {k} in {c:?}"))
+    };
+    eprintln!(
+        "syscalls after 200 snapshots: EINTR handled by retrying with the timeout recomputed: \
+         epoll_wait {} (of {} timed waits), sigtimedwait {} (of {} timed waits, {} signals); \
+         kernel timeouts before the deadline (waited out): epoll {} sigtimedwait {}; all: {c:?}",
+        get("epoll_eintr"),
+        get("epoll_waits"),
+        get("sig_eintr"),
+        get("sig_waits"),
+        get("sig_received"),
+        get("epoll_raw_early"),
+        get("sig_raw_early"),
+    );
+    // Calls the kernel restarts transparently after a ptrace stop: no trace of the stops.
+    for k in [
+        "read_eintr",
+        "read_other_errors",
+        "futex_eintr",
+        "futex_spurious",
+        "futex_timed_eintr",
+        "futex_timed_early",
+    ] {
+        assert_eq!(get(k), 0, "{k}: {c:?}");
+    }
+    assert_eq!(
+        get("read_bytes"),
+        1,
+        "the blocked read got exactly the byte sent at the end"
+    );
+    assert!(get("futex_timed_waits") > 0, "{c:?}");
+    // Calls that do return EINTR: the wrappers retry, so no wait ends before its deadline.
+    assert_eq!(
+        get("epoll_early"),
+        0,
+        "an epoll wait ended before its deadline: {c:?}"
+    );
+    assert_eq!(
+        get("sig_early"),
+        0,
+        "a sigtimedwait ended before its deadline: {c:?}"
+    );
+    assert!(get("epoll_waits") > 0 && get("sig_waits") > 0, "{c:?}");
+    // Signals: none lost, none duplicated.
+    assert_eq!(get("sig_other"), 0, "{c:?}");
+    assert!(get("sig_sent") > 0, "{c:?}");
+    assert_eq!(
+        get("sig_received"),
+        get("sig_sent"),
+        "real-time signals lost or duplicated: {c:?}"
+    );
+    // Timers: never early, never lost.
+    assert_eq!(
+        get("sleeps_early"),
+        0,
+        "a sleep ended before its duration: {c:?}"
+    );
+    assert!(get("sleeps_started") > 0, "{c:?}");
+    assert_eq!(
+        get("sleeps_completed"),
+        get("sleeps_started"),
+        "sleeps begun but never ended (lost wakeups): {c:?}"
+    );
+    t.send("exit");
+    assert_eq!(
+        t.finish().code(),
+        Some(0),
+        "syscalls ran on and exited cleanly"
+    );
+}
