@@ -222,7 +222,7 @@ pub fn locate(pid: u32) -> Result<Located> {
 /// [`locate`] with a given memory reader (tests).
 pub fn locate_with(pid: u32, mem: &dyn RemoteMemory) -> Result<Located> {
     let (proc_dir, mem_pid) = proc_dir(pid);
-    let maps = std::fs::read(format!("{proc_dir}/maps"))
+    let mut maps = std::fs::read(format!("{proc_dir}/maps"))
         .map(|text| maps::parse_maps(&text))
         .map_err(|e| from_proc_io(pid, e))?;
     if maps.is_empty() {
@@ -285,7 +285,18 @@ pub fn locate_with(pid: u32, mem: &dyn RemoteMemory) -> Result<Located> {
             d.memfd
         )));
     }
-    let region_file = check_region_mapped(&maps, d.region_addr, d.region_len)?;
+    // The runtime maps the region before it publishes region_addr, but `maps` was read
+    // before region_addr was seen set: in a target that is just starting it can predate
+    // the mapping. Read it again before calling the region unmapped.
+    let region_file = match check_region_mapped(&maps, d.region_addr, d.region_len) {
+        Ok(f) => f,
+        Err(_) => {
+            maps = std::fs::read(format!("{proc_dir}/maps"))
+                .map(|text| maps::parse_maps(&text))
+                .map_err(|e| from_proc_io(pid, e))?;
+            check_region_mapped(&maps, d.region_addr, d.region_len)?
+        }
+    };
     Ok(Located {
         pid,
         descriptor_addr,
