@@ -6,7 +6,7 @@
 //! same for every task and say nothing about what it waits for; `park` (the leaf that
 //! names the wait) and the entry trampoline (the root) are kept.
 
-use crate::model::{Snapshot, Stack, StackTable};
+use crate::model::{Snapshot, Stack, StackId, StackTable};
 use crate::symbolize::Symbolizer;
 
 /// Functions of the context switch: dropped from the leaf end.
@@ -31,15 +31,22 @@ fn is_entry_plumbing(f: &str) -> bool {
 
 /// Rewrite the snapshot's stacks without the switch and entry plumbing.
 pub fn hide_runtime_frames(snap: &mut Snapshot, sym: &mut Symbolizer) {
-    let mut table = StackTable::default();
-    let mut remap = Vec::with_capacity(snap.stacks.all().len());
-    for st in snap.stacks.all() {
-        remap.push(table.intern(trim(st, sym)));
-    }
+    let (table, remap) = trim_stacks(&snap.stacks, sym);
     for t in &mut snap.tasks {
         t.stack = remap[t.stack as usize];
     }
     snap.stacks = table;
+}
+
+/// `stacks` without the switch and entry plumbing: the new table, and for each old
+/// stack id its new id (stacks that become equal share one).
+pub fn trim_stacks(stacks: &StackTable, sym: &mut Symbolizer) -> (StackTable, Vec<StackId>) {
+    let mut table = StackTable::default();
+    let mut remap = Vec::with_capacity(stacks.all().len());
+    for st in stacks.all() {
+        remap.push(table.intern(trim(st, sym)));
+    }
+    (table, remap)
 }
 
 fn trim(st: &Stack, sym: &mut Symbolizer) -> Stack {
