@@ -24,7 +24,8 @@ Register-ArgumentCompleter -Native -CommandName 'gprof-rs' -ScriptBlock {
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('attach', 'attach', [CompletionResultType]::ParameterValue, 'Take one consistent snapshot of every task of a running process')
-            [CompletionResult]::new('demo', 'demo', [CompletionResultType]::ParameterValue, 'Run the bundled demo service (thousands of tasks), snapshot it, write demo.pb.gz')
+            [CompletionResult]::new('record', 'record', [CompletionResultType]::ParameterValue, 'Sample every task of a process periodically and write one aggregated profile')
+            [CompletionResult]::new('demo', 'demo', [CompletionResultType]::ParameterValue, 'Run the bundled demo service (thousands of tasks), snapshot it (demo.pb.gz) and record it for 3 s (demo.svg, a flame graph)')
             [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)')
             [CompletionResult]::new('demo-service', 'demo-service', [CompletionResultType]::ParameterValue, 'The demo''s target service (started by `gprof-rs demo`)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
@@ -42,8 +43,27 @@ Register-ArgumentCompleter -Native -CommandName 'gprof-rs' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             break
         }
+        'gprof-rs;record' {
+            [CompletionResult]::new('-o', '-o', [CompletionResultType]::ParameterName, 'Write the profile to FILE (`-` for standard output)')
+            [CompletionResult]::new('--output', '--output', [CompletionResultType]::ParameterName, 'Write the profile to FILE (`-` for standard output)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format: `pprof` (gzip''d profile.proto for `go tool pprof`, with sample values samples/count and wall/nanoseconds and a `state` label), `flamegraph` (SVG), `folded` (collapsed stacks `root;...;leaf count`, for flamegraph.pl or inferno) or `speedscope` (JSON: one profile for all tasks, then one per state). Default: from FILE''s extension (.svg, .folded/.txt, .json), else pprof; folded for `-o -`')
+            [CompletionResult]::new('-r', '-r', [CompletionResultType]::ParameterName, 'Snapshots per second [default: 20]. Each snapshot pauses the target twice for tens of microseconds; walking thousands of tasks takes milliseconds, so rates above ~100 Hz rarely pay off')
+            [CompletionResult]::new('--rate', '--rate', [CompletionResultType]::ParameterName, 'Snapshots per second [default: 20]. Each snapshot pauses the target twice for tens of microseconds; walking thousands of tasks takes milliseconds, so rates above ~100 Hz rarely pay off')
+            [CompletionResult]::new('-i', '-i', [CompletionResultType]::ParameterName, 'Time between snapshots instead of --rate, e.g. `50ms`, `1s`, `2m`')
+            [CompletionResult]::new('--interval', '--interval', [CompletionResultType]::ParameterName, 'Time between snapshots instead of --rate, e.g. `50ms`, `1s`, `2m`')
+            [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'Stop after this long, e.g. `10s`, `500ms`, `2m`, `1h` (a bare number is seconds). Without --duration or --samples, record until Ctrl-C or until the target exits')
+            [CompletionResult]::new('--duration', '--duration', [CompletionResultType]::ParameterName, 'Stop after this long, e.g. `10s`, `500ms`, `2m`, `1h` (a bare number is seconds). Without --duration or --samples, record until Ctrl-C or until the target exits')
+            [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'Stop after N snapshots')
+            [CompletionResult]::new('--samples', '--samples', [CompletionResultType]::ParameterName, 'Stop after N snapshots')
+            [CompletionResult]::new('--mode', '--mode', [CompletionResultType]::ParameterName, '`concurrent`: two short stops per snapshot, tasks recorded while the target runs (default). `stw`: each snapshot inside one stop that grows with the task count')
+            [CompletionResult]::new('--system', '--system', [CompletionResultType]::ParameterName, 'Include the runtime''s own system tasks')
+            [CompletionResult]::new('--all-frames', '--all-frames', [CompletionResultType]::ParameterName, 'Keep the runtime''s context-switch and task-entry frames (hidden by default)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
         'gprof-rs;demo' {
-            [CompletionResult]::new('--out-dir', '--out-dir', [CompletionResultType]::ParameterName, 'Directory to write demo.pb.gz into')
+            [CompletionResult]::new('--out-dir', '--out-dir', [CompletionResultType]::ParameterName, 'Directory to write demo.pb.gz and demo.svg into')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
@@ -62,13 +82,17 @@ Register-ArgumentCompleter -Native -CommandName 'gprof-rs' -ScriptBlock {
         }
         'gprof-rs;help' {
             [CompletionResult]::new('attach', 'attach', [CompletionResultType]::ParameterValue, 'Take one consistent snapshot of every task of a running process')
-            [CompletionResult]::new('demo', 'demo', [CompletionResultType]::ParameterValue, 'Run the bundled demo service (thousands of tasks), snapshot it, write demo.pb.gz')
+            [CompletionResult]::new('record', 'record', [CompletionResultType]::ParameterValue, 'Sample every task of a process periodically and write one aggregated profile')
+            [CompletionResult]::new('demo', 'demo', [CompletionResultType]::ParameterValue, 'Run the bundled demo service (thousands of tasks), snapshot it (demo.pb.gz) and record it for 3 s (demo.svg, a flame graph)')
             [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)')
             [CompletionResult]::new('demo-service', 'demo-service', [CompletionResultType]::ParameterValue, 'The demo''s target service (started by `gprof-rs demo`)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
         'gprof-rs;help;attach' {
+            break
+        }
+        'gprof-rs;help;record' {
             break
         }
         'gprof-rs;help;demo' {

@@ -31,6 +31,9 @@ _gprof__rs() {
             gprof__rs,help)
                 cmd="gprof__rs__subcmd__help"
                 ;;
+            gprof__rs,record)
+                cmd="gprof__rs__subcmd__record"
+                ;;
             gprof__rs__subcmd__help,attach)
                 cmd="gprof__rs__subcmd__help__subcmd__attach"
                 ;;
@@ -46,6 +49,9 @@ _gprof__rs() {
             gprof__rs__subcmd__help,help)
                 cmd="gprof__rs__subcmd__help__subcmd__help"
                 ;;
+            gprof__rs__subcmd__help,record)
+                cmd="gprof__rs__subcmd__help__subcmd__record"
+                ;;
             *)
                 ;;
         esac
@@ -53,7 +59,7 @@ _gprof__rs() {
 
     case "${cmd}" in
         gprof__rs)
-            opts="-h --help attach demo generate demo-service help"
+            opts="-h --help attach record demo generate demo-service help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -151,7 +157,7 @@ _gprof__rs() {
             return 0
             ;;
         gprof__subcmd__rs__subcmd__help)
-            opts="attach demo generate demo-service help"
+            opts="attach record demo generate demo-service help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -227,6 +233,82 @@ _gprof__rs() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gprof__subcmd__rs__subcmd__help__subcmd__record)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gprof__subcmd__rs__subcmd__record)
+            opts="-o -r -i -d -n -h --output --format --rate --interval --duration --samples --mode --system --all-frames --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "pprof flamegraph folded speedscope" -- "${cur}"))
+                    return 0
+                    ;;
+                --rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -r)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -i)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --duration)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -d)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --samples)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mode)
+                    COMPREPLY=($(compgen -W "concurrent stw" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

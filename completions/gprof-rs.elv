@@ -21,7 +21,8 @@ set edit:completion:arg-completer[gprof-rs] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
             cand attach 'Take one consistent snapshot of every task of a running process'
-            cand demo 'Run the bundled demo service (thousands of tasks), snapshot it, write demo.pb.gz'
+            cand record 'Sample every task of a process periodically and write one aggregated profile'
+            cand demo 'Run the bundled demo service (thousands of tasks), snapshot it (demo.pb.gz) and record it for 3 s (demo.svg, a flame graph)'
             cand generate 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)'
             cand demo-service 'The demo''s target service (started by `gprof-rs demo`)'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -37,8 +38,26 @@ set edit:completion:arg-completer[gprof-rs] = {|@words|
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
+        &'gprof-rs;record'= {
+            cand -o 'Write the profile to FILE (`-` for standard output)'
+            cand --output 'Write the profile to FILE (`-` for standard output)'
+            cand --format 'Output format: `pprof` (gzip''d profile.proto for `go tool pprof`, with sample values samples/count and wall/nanoseconds and a `state` label), `flamegraph` (SVG), `folded` (collapsed stacks `root;...;leaf count`, for flamegraph.pl or inferno) or `speedscope` (JSON: one profile for all tasks, then one per state). Default: from FILE''s extension (.svg, .folded/.txt, .json), else pprof; folded for `-o -`'
+            cand -r 'Snapshots per second [default: 20]. Each snapshot pauses the target twice for tens of microseconds; walking thousands of tasks takes milliseconds, so rates above ~100 Hz rarely pay off'
+            cand --rate 'Snapshots per second [default: 20]. Each snapshot pauses the target twice for tens of microseconds; walking thousands of tasks takes milliseconds, so rates above ~100 Hz rarely pay off'
+            cand -i 'Time between snapshots instead of --rate, e.g. `50ms`, `1s`, `2m`'
+            cand --interval 'Time between snapshots instead of --rate, e.g. `50ms`, `1s`, `2m`'
+            cand -d 'Stop after this long, e.g. `10s`, `500ms`, `2m`, `1h` (a bare number is seconds). Without --duration or --samples, record until Ctrl-C or until the target exits'
+            cand --duration 'Stop after this long, e.g. `10s`, `500ms`, `2m`, `1h` (a bare number is seconds). Without --duration or --samples, record until Ctrl-C or until the target exits'
+            cand -n 'Stop after N snapshots'
+            cand --samples 'Stop after N snapshots'
+            cand --mode '`concurrent`: two short stops per snapshot, tasks recorded while the target runs (default). `stw`: each snapshot inside one stop that grows with the task count'
+            cand --system 'Include the runtime''s own system tasks'
+            cand --all-frames 'Keep the runtime''s context-switch and task-entry frames (hidden by default)'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+        }
         &'gprof-rs;demo'= {
-            cand --out-dir 'Directory to write demo.pb.gz into'
+            cand --out-dir 'Directory to write demo.pb.gz and demo.svg into'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -54,12 +73,15 @@ set edit:completion:arg-completer[gprof-rs] = {|@words|
         }
         &'gprof-rs;help'= {
             cand attach 'Take one consistent snapshot of every task of a running process'
-            cand demo 'Run the bundled demo service (thousands of tasks), snapshot it, write demo.pb.gz'
+            cand record 'Sample every task of a process periodically and write one aggregated profile'
+            cand demo 'Run the bundled demo service (thousands of tasks), snapshot it (demo.pb.gz) and record it for 3 s (demo.svg, a flame graph)'
             cand generate 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)'
             cand demo-service 'The demo''s target service (started by `gprof-rs demo`)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'gprof-rs;help;attach'= {
+        }
+        &'gprof-rs;help;record'= {
         }
         &'gprof-rs;help;demo'= {
         }

@@ -26,7 +26,8 @@ end
 
 complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -s h -l help -d 'Print help'
 complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "attach" -d 'Take one consistent snapshot of every task of a running process'
-complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "demo" -d 'Run the bundled demo service (thousands of tasks), snapshot it, write demo.pb.gz'
+complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "record" -d 'Sample every task of a process periodically and write one aggregated profile'
+complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "demo" -d 'Run the bundled demo service (thousands of tasks), snapshot it (demo.pb.gz) and record it for 3 s (demo.svg, a flame graph)'
 complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "generate" -d 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)'
 complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "demo-service" -d 'The demo\'s target service (started by `gprof-rs demo`)'
 complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -40,14 +41,29 @@ complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l stats -d 'P
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l system -d 'Include the runtime\'s own system tasks'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l all-frames -d 'Keep the runtime\'s context-switch and task-entry frames, which are hidden by default because every task has them'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand demo" -l out-dir -d 'Directory to write demo.pb.gz into' -r -F
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -s o -l output -d 'Write the profile to FILE (`-` for standard output)' -r -F
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -l format -d 'Output format: `pprof` (gzip\'d profile.proto for `go tool pprof`, with sample values samples/count and wall/nanoseconds and a `state` label), `flamegraph` (SVG), `folded` (collapsed stacks `root;...;leaf count`, for flamegraph.pl or inferno) or `speedscope` (JSON: one profile for all tasks, then one per state). Default: from FILE\'s extension (.svg, .folded/.txt, .json), else pprof; folded for `-o -`' -r -f -a "pprof\t'gzip\'d pprof profile.proto'
+flamegraph\t'Flame graph SVG'
+folded\t'Collapsed stacks, one `root;...;leaf count` line each'
+speedscope\t'speedscope JSON'"
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -s r -l rate -d 'Snapshots per second [default: 20]. Each snapshot pauses the target twice for tens of microseconds; walking thousands of tasks takes milliseconds, so rates above ~100 Hz rarely pay off' -r
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -s i -l interval -d 'Time between snapshots instead of --rate, e.g. `50ms`, `1s`, `2m`' -r
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -s d -l duration -d 'Stop after this long, e.g. `10s`, `500ms`, `2m`, `1h` (a bare number is seconds). Without --duration or --samples, record until Ctrl-C or until the target exits' -r
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -s n -l samples -d 'Stop after N snapshots' -r
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -l mode -d '`concurrent`: two short stops per snapshot, tasks recorded while the target runs (default). `stw`: each snapshot inside one stop that grows with the task count' -r -f -a "concurrent\t'Two short stops; tasks recorded while the target runs'
+stw\t'One stop for the whole snapshot'"
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -l system -d 'Include the runtime\'s own system tasks'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -l all-frames -d 'Keep the runtime\'s context-switch and task-entry frames (hidden by default)'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand demo" -l out-dir -d 'Directory to write demo.pb.gz and demo.svg into' -r -F
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand demo" -s h -l help -d 'Print help'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand generate" -l man-dir -d 'Directory for the man page' -r -F
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand generate" -l completions-dir -d 'Directory for the completions' -r -F
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand generate" -s h -l help -d 'Print help'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand demo-service" -s h -l help -d 'Print help'
-complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach demo generate demo-service help" -f -a "attach" -d 'Take one consistent snapshot of every task of a running process'
-complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach demo generate demo-service help" -f -a "demo" -d 'Run the bundled demo service (thousands of tasks), snapshot it, write demo.pb.gz'
-complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach demo generate demo-service help" -f -a "generate" -d 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)'
-complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach demo generate demo-service help" -f -a "demo-service" -d 'The demo\'s target service (started by `gprof-rs demo`)'
-complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach demo generate demo-service help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record demo generate demo-service help" -f -a "attach" -d 'Take one consistent snapshot of every task of a running process'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record demo generate demo-service help" -f -a "record" -d 'Sample every task of a process periodically and write one aggregated profile'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record demo generate demo-service help" -f -a "demo" -d 'Run the bundled demo service (thousands of tasks), snapshot it (demo.pb.gz) and record it for 3 s (demo.svg, a flame graph)'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record demo generate demo-service help" -f -a "generate" -d 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record demo generate demo-service help" -f -a "demo-service" -d 'The demo\'s target service (started by `gprof-rs demo`)'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record demo generate demo-service help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -13,6 +13,7 @@ use std::io::{BufWriter, Write};
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Attach(c) => attach(&c),
+        Command::Record(c) => crate::record::run(&c),
         Command::Demo { out_dir } => crate::demo::run(&out_dir),
         Command::DemoService => crate::demo::service(),
         Command::Generate {
@@ -25,7 +26,28 @@ pub fn run(cmd: Command) -> Result<()> {
 /// `gprof-rs attach`.
 pub fn attach(c: &AttachConfig) -> Result<()> {
     crate::snapshot::install_interrupt_handler();
-    let mut session = Session::attach(c.pid)?;
+    let (pid, mut session) = match &c.launch {
+        None => (c.pid, Session::attach(c.pid)?),
+        Some(cmd) => {
+            use crate::record::launch;
+            let mut l = launch::spawn(cmd)?;
+            match launch::attach_when_started(&l, launch::START_TIMEOUT) {
+                Ok(s) => {
+                    eprintln!(
+                        "gprof-rs: started `{}` as PID {}; it runs on after this snapshot",
+                        l.display, l.pid
+                    );
+                    (l.pid, s)
+                }
+                Err(e) => {
+                    if !matches!(e, Error::ProcessExited { .. } | Error::Interrupted) {
+                        launch::terminate(&mut l);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    };
     let mut snap = session.snapshot(c.mode)?;
     drop(session);
     if !c.include_system {
@@ -34,7 +56,7 @@ pub fn attach(c: &AttachConfig) -> Result<()> {
     if c.stats {
         print_stats(&snap);
     }
-    let mut sym = Symbolizer::new(ProcFiles { pid: c.pid });
+    let mut sym = Symbolizer::new(ProcFiles { pid });
     sym.set_modules(&snap.modules);
     if !c.all_frames {
         crate::output::trim::hide_runtime_frames(&mut snap, &mut sym);

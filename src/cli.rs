@@ -2,11 +2,13 @@
 //! validated, clap-free [`crate::config`] value; the man page and the shell completions
 //! are rendered from the same definition (`gprof-rs generate`).
 
-use crate::config::{AttachConfig, Output, OutputFormat};
+use crate::config::{AttachConfig, Output, OutputFormat, RecordConfig, RecordFormat, Target};
 use crate::error::{Error, Result};
 use crate::snapshot::Mode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -14,6 +16,9 @@ Examples:
   gprof-rs attach 4242                   what every task of PID 4242 is doing (text)
   gprof-rs attach 4242 --format tasks    one block per task, like Go's debug=2 dump
   gprof-rs attach 4242 -o tasks.pb.gz    a pprof file: go tool pprof -top tasks.pb.gz
+  gprof-rs record 4242 -d 10s -o out.svg sample every task for 10 s: a flame graph
+  gprof-rs record -o out.pb.gz -- ./server --port 8080
+                                         run a program and record it until it exits
 
 Permissions: attaching uses ptrace. You need the same uid as the target and a Yama
 ptrace_scope (/proc/sys/kernel/yama/ptrace_scope) of 0, or CAP_SYS_PTRACE (root).";
@@ -40,9 +45,21 @@ Examples:
   gprof-rs attach 4242
   gprof-rs attach 4242 --format tasks | less
   gprof-rs attach 4242 -o snap.pb.gz && go tool pprof -traces snap.pb.gz
-  gprof-rs attach 4242 --mode stw --stats")]
+  gprof-rs attach 4242 --mode stw --stats
+  gprof-rs attach -- ./server --port 8080   start it, snapshot it once started, leave it running")]
     Attach(AttachArgs),
-    /// Run the bundled demo service (thousands of tasks), snapshot it, write demo.pb.gz.
+    /// Sample every task of a process periodically and write one aggregated profile.
+    ///
+    /// Attaches once and takes a snapshot every interval (two short pauses of the
+    /// target each time). Every task in a snapshot counts one sample and one interval
+    /// of wall time for its stack, labelled with its state (`running`, `runnable`, or
+    /// what it waits on: `chan receive`, `sleep`, `sync.Mutex.Lock`, ...) and its own
+    /// labels. Recording ends after --duration or --samples, on Ctrl-C, or when the
+    /// target exits; what was taken is always written, and the target runs on untouched.
+    #[command(after_help = RECORD_HELP)]
+    Record(RecordArgs),
+    /// Run the bundled demo service (thousands of tasks), snapshot it (demo.pb.gz) and
+    /// record it for 3 s (demo.svg, a flame graph).
     Demo(DemoArgs),
     /// Write the man page and shell completions (for packagers; `man/` and
     /// `completions/` in the repository are generated with this).
@@ -53,12 +70,34 @@ Examples:
     DemoService,
 }
 
+const RECORD_HELP: &str = "\
+Examples:
+  gprof-rs record 4242 -o profile.pb.gz          until Ctrl-C, at 20 Hz
+  gprof-rs record 4242 -d 30s -o flame.svg       30 s, flame graph (format from the extension)
+  gprof-rs record 4242 -r 50 -n 500 -o p.json    500 snapshots at 50 Hz, speedscope JSON
+  gprof-rs record 4242 -i 1s -d 5m -o p.pb.gz    one snapshot a second for five minutes
+  gprof-rs record 4242 -d 5s -o - --format folded | grep chan
+  gprof-rs record -o out.svg -- ./server --port 8080
+                                    run ./server and record it from start to exit
+
+Reading the output:
+  go tool pprof -top -sample_index=samples profile.pb.gz   task samples per function
+  go tool pprof -tags profile.pb.gz                        the split by state and label
+  go tool pprof -tagfocus 'state=chan receive' -traces profile.pb.gz
+  open flame.svg in a browser; load p.json at https://www.speedscope.app
+
+Launch mode (-- CMD): CMD inherits gprof-rs's standard input, output and error, so it
+runs as it would without gprof-rs. Recording starts as soon as its runtime is up and
+ends when it exits (or at --duration/--samples, after which gprof-rs writes the
+profile and waits for CMD). Ctrl-C reaches both; a SIGINT/SIGTERM sent to gprof-rs
+alone is forwarded to CMD.";
+
 /// `gprof-rs attach`.
 #[derive(Debug, Args)]
 pub struct AttachArgs {
-    /// Process id of a running program built on target-runtime.
-    #[arg(value_name = "PID")]
-    pub pid: u32,
+    /// Process id of a running program built on target-runtime (or give `-- CMD`).
+    #[arg(value_name = "PID", required_unless_present = "command")]
+    pub pid: Option<u32>,
 
     /// Write the profile to FILE instead of standard output. With -o the default format
     /// is pprof (gzip'd profile.proto that `go tool pprof` reads).
@@ -89,12 +128,119 @@ pub struct AttachArgs {
     /// default because every task has them.
     #[arg(long)]
     pub all_frames: bool,
+
+    /// Instead of a PID: run CMD with its ARGS, wait until its runtime has started,
+    /// snapshot it once and leave it running.
+    #[arg(last = true, value_name = "CMD", conflicts_with = "pid")]
+    pub command: Vec<OsString>,
+}
+
+/// `gprof-rs record`.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Process id of a running program built on target-runtime (or give `-- CMD`).
+    #[arg(value_name = "PID", required_unless_present = "command")]
+    pub pid: Option<u32>,
+
+    /// Write the profile to FILE (`-` for standard output).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+
+    /// Output format: `pprof` (gzip'd profile.proto for `go tool pprof`, with sample
+    /// values samples/count and wall/nanoseconds and a `state` label), `flamegraph`
+    /// (SVG), `folded` (collapsed stacks `root;...;leaf count`, for flamegraph.pl or
+    /// inferno) or `speedscope` (JSON: one profile for all tasks, then one per state).
+    /// Default: from FILE's extension (.svg, .folded/.txt, .json), else pprof; folded
+    /// for `-o -`.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<RecordFormatArg>,
+
+    /// Snapshots per second [default: 20]. Each snapshot pauses the target twice for
+    /// tens of microseconds; walking thousands of tasks takes milliseconds, so rates
+    /// above ~100 Hz rarely pay off.
+    #[arg(short = 'r', long, value_name = "HZ", conflicts_with = "interval")]
+    pub rate: Option<f64>,
+
+    /// Time between snapshots instead of --rate, e.g. `50ms`, `1s`, `2m`.
+    #[arg(short = 'i', long, value_name = "DUR", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+
+    /// Stop after this long, e.g. `10s`, `500ms`, `2m`, `1h` (a bare number is seconds).
+    /// Without --duration or --samples, record until Ctrl-C or until the target exits.
+    #[arg(short = 'd', long, value_name = "DUR", value_parser = parse_duration, conflicts_with = "samples")]
+    pub duration: Option<Duration>,
+
+    /// Stop after N snapshots.
+    #[arg(short = 'n', long, value_name = "N")]
+    pub samples: Option<u64>,
+
+    /// `concurrent`: two short stops per snapshot, tasks recorded while the target runs
+    /// (default). `stw`: each snapshot inside one stop that grows with the task count.
+    #[arg(long, value_enum, default_value_t = ModeArg::Concurrent, value_name = "MODE")]
+    pub mode: ModeArg,
+
+    /// Include the runtime's own system tasks.
+    #[arg(long)]
+    pub system: bool,
+
+    /// Keep the runtime's context-switch and task-entry frames (hidden by default).
+    #[arg(long)]
+    pub all_frames: bool,
+
+    /// Instead of a PID: run CMD with its ARGS and record it from the moment its runtime
+    /// starts until it exits (or a limit, or Ctrl-C).
+    #[arg(last = true, value_name = "CMD", conflicts_with = "pid")]
+    pub command: Vec<OsString>,
+}
+
+/// Output formats of `record`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RecordFormatArg {
+    /// gzip'd pprof profile.proto.
+    Pprof,
+    /// Flame graph SVG.
+    Flamegraph,
+    /// Collapsed stacks, one `root;...;leaf count` line each.
+    Folded,
+    /// speedscope JSON.
+    Speedscope,
+}
+
+/// Parse a duration: a number and a unit (`ns`, `us`, `ms`, `s`, `m`, `h`), fractions
+/// allowed (`1.5s`); a bare number is seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration: use e.g. 10s, 500ms, 2m"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        u => {
+            return Err(format!(
+                "unknown unit `{u}` in `{s}`: use ns, us, ms, s, m or h"
+            ))
+        }
+    };
+    let secs = n * scale;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("`{s}` is too long"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// `gprof-rs demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Directory to write demo.pb.gz into.
+    /// Directory to write demo.pb.gz and demo.svg into.
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub out_dir: PathBuf,
 }
@@ -135,6 +281,8 @@ pub enum ModeArg {
 pub enum Command {
     /// `attach`.
     Attach(AttachConfig),
+    /// `record`.
+    Record(RecordConfig),
     /// `demo`.
     Demo {
         /// Where to write the files.
@@ -156,6 +304,7 @@ impl Cli {
     pub fn into_command(self, stdout_is_terminal: bool) -> Result<Command> {
         Ok(match self.command {
             CommandArgs::Attach(a) => Command::Attach(a.into_config(stdout_is_terminal)?),
+            CommandArgs::Record(r) => Command::Record(r.into_config(stdout_is_terminal)?),
             CommandArgs::Demo(d) => Command::Demo { out_dir: d.out_dir },
             CommandArgs::DemoService => Command::DemoService,
             CommandArgs::Generate(g) => Command::Generate {
@@ -178,11 +327,9 @@ impl AttachArgs {
                 "--format pprof writes binary data: add -o FILE (or pipe standard output)".into(),
             ));
         }
-        if self.pid == 0 {
-            return Err(Error::Usage("PID must be a positive process id".into()));
-        }
+        let launch = launch_command(self.pid, self.command)?;
         Ok(AttachConfig {
-            pid: self.pid,
+            pid: self.pid.unwrap_or(0),
             output: self.output.map_or(Output::Stdout, Output::File),
             format,
             mode: match self.mode {
@@ -190,6 +337,103 @@ impl AttachArgs {
                 ModeArg::Stw => Mode::StopTheWorld,
             },
             stats: self.stats,
+            include_system: self.system,
+            all_frames: self.all_frames,
+            launch,
+        })
+    }
+}
+
+/// Exactly one of a PID and `-- CMD`: the command, if that is what was given.
+fn launch_command(pid: Option<u32>, command: Vec<OsString>) -> Result<Option<Vec<OsString>>> {
+    match (pid, command.is_empty()) {
+        (Some(_), false) => Err(Error::Usage(
+            "give either a PID or `-- CMD [ARGS...]`, not both".into(),
+        )),
+        (None, true) => Err(Error::Usage(
+            "give the PID of a running program, or `-- CMD [ARGS...]` to start one".into(),
+        )),
+        (Some(0), true) => Err(Error::Usage("PID must be a positive process id".into())),
+        (Some(_), true) => Ok(None),
+        (None, false) => Ok(Some(command)),
+    }
+}
+
+/// The format a file name asks for.
+fn format_from_path(p: &Path) -> RecordFormat {
+    let name = p.to_string_lossy().to_ascii_lowercase();
+    if name.ends_with(".svg") {
+        RecordFormat::Flamegraph
+    } else if name.ends_with(".json") {
+        RecordFormat::Speedscope
+    } else if [".folded", ".collapsed", ".txt"]
+        .iter()
+        .any(|e| name.ends_with(e))
+    {
+        RecordFormat::Folded
+    } else {
+        RecordFormat::Pprof
+    }
+}
+
+/// Default sampling rate of `record`.
+pub const DEFAULT_RATE_HZ: f64 = 20.0;
+
+impl RecordArgs {
+    fn into_config(self, stdout_is_terminal: bool) -> Result<RecordConfig> {
+        let output = if self.output.as_os_str() == "-" {
+            Output::Stdout
+        } else {
+            Output::File(self.output.clone())
+        };
+        let format = match (self.format, &output) {
+            (Some(f), _) => match f {
+                RecordFormatArg::Pprof => RecordFormat::Pprof,
+                RecordFormatArg::Flamegraph => RecordFormat::Flamegraph,
+                RecordFormatArg::Folded => RecordFormat::Folded,
+                RecordFormatArg::Speedscope => RecordFormat::Speedscope,
+            },
+            (None, Output::Stdout) => RecordFormat::Folded,
+            (None, Output::File(p)) => format_from_path(p),
+        };
+        if format == RecordFormat::Pprof && output == Output::Stdout && stdout_is_terminal {
+            return Err(Error::Usage(
+                "--format pprof writes binary data: give -o FILE (or pipe standard output)".into(),
+            ));
+        }
+        let interval = match (self.rate, self.interval) {
+            (Some(hz), _) if !(hz > 0.0 && hz <= 1000.0) => {
+                return Err(Error::Usage(format!(
+                    "--rate {hz}: give a rate above 0 and at most 1000 snapshots per second"
+                )))
+            }
+            (Some(hz), _) => Duration::from_secs_f64(1.0 / hz),
+            (None, Some(d)) if d < Duration::from_millis(1) => {
+                return Err(Error::Usage("--interval must be at least 1ms".into()))
+            }
+            (None, Some(d)) => d,
+            (None, None) => Duration::from_secs_f64(1.0 / DEFAULT_RATE_HZ),
+        };
+        if self.duration == Some(Duration::ZERO) || self.samples == Some(0) {
+            return Err(Error::Usage(
+                "--duration and --samples must be above zero".into(),
+            ));
+        }
+        let target = match launch_command(self.pid, self.command)? {
+            Some(cmd) => Target::Launch(cmd),
+            None => Target::Pid(self.pid.unwrap_or(0)),
+        };
+        Ok(RecordConfig {
+            target,
+            output,
+            format,
+            interval,
+            duration: self.duration,
+            samples: self.samples,
+            mode: match self.mode {
+                ModeArg::Concurrent => Mode::Concurrent,
+                ModeArg::Stw => Mode::StopTheWorld,
+            },
             include_system: self.system,
             all_frames: self.all_frames,
         })
@@ -223,6 +467,82 @@ mod tests {
         };
         assert_eq!(c.format, OutputFormat::Text);
         assert_eq!(c.mode, Mode::Concurrent);
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    fn record(args: &[&str]) -> Result<RecordConfig> {
+        let mut v = vec!["gprof-rs", "record"];
+        v.extend_from_slice(args);
+        match parse(&v)? {
+            Command::Record(c) => Ok(c),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn record_options() {
+        let c = record(&["7", "-o", "x.svg", "--rate", "50", "--samples", "100"]).unwrap();
+        assert_eq!(c.target, Target::Pid(7));
+        assert_eq!(c.format, RecordFormat::Flamegraph);
+        assert_eq!(c.interval, Duration::from_millis(20));
+        assert_eq!(c.samples, Some(100));
+        let c = record(&["7", "-o", "x.pb.gz", "-i", "1s", "-d", "2m"]).unwrap();
+        assert_eq!(c.format, RecordFormat::Pprof);
+        assert_eq!(c.interval, Duration::from_secs(1));
+        assert_eq!(c.duration, Some(Duration::from_secs(120)));
+        assert_eq!(
+            record(&["7", "-o", "p.json"]).unwrap().format,
+            RecordFormat::Speedscope
+        );
+        let c = record(&["7", "-o", "-"]).unwrap();
+        assert_eq!((c.output, c.format), (Output::Stdout, RecordFormat::Folded));
+        assert_eq!(
+            record(&["7", "-o", "x", "--format", "folded"])
+                .unwrap()
+                .format,
+            RecordFormat::Folded
+        );
+        let c = record(&["-o", "x.svg", "--", "prog", "--flag", "v"]).unwrap();
+        assert_eq!(
+            c.target,
+            Target::Launch(vec!["prog".into(), "--flag".into(), "v".into()])
+        );
+    }
+
+    #[test]
+    fn record_usage_errors_are_clear() {
+        let msg = |args: &[&str]| record(args).unwrap_err().to_string();
+        assert!(msg(&["-o", "x"]).contains("PID"), "{}", msg(&["-o", "x"]));
+        assert!(msg(&["7", "-o", "x", "--", "prog"]).contains("cannot be used with"));
+        assert!(msg(&["7", "-o", "x", "-r", "0"]).contains("above 0"));
+        assert!(msg(&["7", "-o", "x", "-r", "5", "-i", "1s"]).contains("cannot be used with"));
+        assert!(msg(&["7", "-o", "x", "-d", "1s", "-n", "5"]).contains("cannot be used with"));
+        assert!(msg(&["7", "-o", "x", "-d", "soon"]).contains("not a duration"));
+        assert!(msg(&["7", "-o", "-", "--format", "pprof"]).contains("give -o FILE"));
+        assert!(msg(&["7"]).contains("--output"));
+    }
+
+    #[test]
+    fn attach_launch_mode() {
+        let Command::Attach(c) = parse(&["gprof-rs", "attach", "--", "prog", "a"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.launch, Some(vec!["prog".into(), "a".into()]));
+        assert!(parse(&["gprof-rs", "attach"]).is_err());
+        assert!(parse(&["gprof-rs", "attach", "0"]).is_err());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Validated settings, free of clap types.
 
 use crate::snapshot::Mode;
+use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Where output goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,54 @@ pub struct AttachConfig {
     pub mode: Mode,
     /// Print `--stats` to stderr.
     pub stats: bool,
+    /// Keep system tasks.
+    pub include_system: bool,
+    /// Keep the runtime's switch and task-entry frames.
+    pub all_frames: bool,
+    /// Run this command (program and arguments) and snapshot it once its runtime has
+    /// started, instead of attaching to `pid` (which is then 0).
+    pub launch: Option<Vec<OsString>>,
+}
+
+/// What `record` profiles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A running process.
+    Pid(u32),
+    /// A command to start (program and arguments), profiled from its start to its exit.
+    Launch(Vec<OsString>),
+}
+
+/// Output formats of `gprof-rs record`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFormat {
+    /// gzip'd pprof with `samples/count` and `wall/nanoseconds` values and a `state` label.
+    Pprof,
+    /// Flame graph SVG (inferno).
+    Flamegraph,
+    /// Collapsed stacks, `root;...;leaf count`.
+    Folded,
+    /// speedscope JSON (sampled profiles, one per task state).
+    Speedscope,
+}
+
+/// `gprof-rs record`.
+#[derive(Debug, Clone)]
+pub struct RecordConfig {
+    /// What to profile.
+    pub target: Target,
+    /// Destination.
+    pub output: Output,
+    /// Format.
+    pub format: RecordFormat,
+    /// Time between snapshots.
+    pub interval: Duration,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Stop after this many snapshots.
+    pub samples: Option<u64>,
+    /// Snapshot mode.
+    pub mode: Mode,
     /// Keep system tasks.
     pub include_system: bool,
     /// Keep the runtime's switch and task-entry frames.

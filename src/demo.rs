@@ -3,7 +3,7 @@
 //! The service runs in a child process (this same executable, hidden subcommand
 //! `demo-service`), so the demo exercises exactly what `attach` does to any target.
 
-use crate::config::{Output, OutputFormat};
+use crate::config::{Output, OutputFormat, RecordFormat};
 use crate::error::{Error, Result};
 use crate::snapshot::{Mode, Session};
 use crate::symbolize::Symbolizer;
@@ -27,8 +27,12 @@ const REFRESHERS: usize = 500;
 const STATS_WRITERS: usize = 200;
 /// Busy tasks.
 const BUSY: usize = 2;
+/// Length and rate of the demo's recording (`demo.svg`).
+const RECORD_FOR: Duration = Duration::from_secs(3);
+const RECORD_HZ: f64 = 20.0;
 
-/// Run the demo: start the service, snapshot it, write `demo.pb.gz`, print a summary.
+/// Run the demo: start the service, snapshot it, write `demo.pb.gz`, record it for 3 s
+/// and write `demo.svg` (a flame graph), print a summary and how to open both.
 pub fn run(out_dir: &Path) -> Result<()> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
@@ -49,9 +53,7 @@ pub fn run(out_dir: &Path) -> Result<()> {
             CONNECTIONS + POOL + REFRESHERS + 1 + STATS_WRITERS + BUSY + 1
         );
         let mut session = Session::attach(pid)?;
-        let snap = session.snapshot(Mode::Concurrent)?;
-        drop(session);
-        let mut snap = snap;
+        let mut snap = session.snapshot(Mode::Concurrent)?;
         let mut sym = Symbolizer::new(ProcFiles { pid });
         sym.set_modules(&snap.modules);
         crate::output::trim::hide_runtime_frames(&mut snap, &mut sym);
@@ -77,7 +79,47 @@ pub fn run(out_dir: &Path) -> Result<()> {
             "open it with:  go tool pprof -top {}   (or -traces, -tags, -http=:8080)",
             pb.display()
         );
+
+        // A short recording with the same session: every task sampled at 20 Hz.
+        println!(
+            "\nrecording the service for {} s at {RECORD_HZ} Hz ...",
+            RECORD_FOR.as_secs()
+        );
+        let opts = crate::record::Options {
+            interval: Duration::from_secs_f64(1.0 / RECORD_HZ),
+            duration: Some(RECORD_FOR),
+            samples: None,
+            mode: Mode::Concurrent,
+            include_system: false,
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        };
+        let (mut rec, ended) =
+            crate::record::record(&mut session, &opts, &mut sym, &mut || false, &mut |_| {});
+        drop(session);
+        if let crate::record::Ended::Failed(e) = ended {
+            return Err(e);
+        }
+        rec.hide_runtime_frames(&mut sym);
+        let svg = out_dir.join("demo.svg");
+        crate::record::write_recording(
+            &rec,
+            &mut sym,
+            RecordFormat::Flamegraph,
+            &Output::File(svg.clone()),
+        )?;
+        println!(
+            "{} snapshots, {} task samples, longest pause {:.0} us",
+            rec.snapshots,
+            rec.total_samples(),
+            rec.pause_max_ns as f64 / 1e3
+        );
+        println!("wrote {}", svg.display());
+        println!(
+            "open it with:  a web browser (e.g. xdg-open {}); click a frame to zoom, Ctrl-F to search",
+            svg.display()
+        );
         println!("every task:    gprof-rs attach <PID> --format tasks");
+        println!("your program:  gprof-rs record <PID> -d 10s -o profile.svg");
         Ok(())
     })();
     // Closing stdin ends the service.

@@ -16,6 +16,7 @@ pub mod locate;
 pub mod model;
 pub mod output;
 pub mod process;
+pub mod record;
 pub mod snapshot;
 pub mod symbolize;
 pub mod unwind;

@@ -78,6 +78,13 @@ pub fn install_interrupt_handler() {
     }
 }
 
+/// Mark the tool interrupted, as SIGINT/SIGTERM do: for signal handlers installed
+/// elsewhere (`record`'s launch mode forwards the signal to its child, then calls this).
+/// Async-signal-safe: one atomic store.
+pub fn set_interrupted() {
+    INTERRUPTED.store(true, SeqCst);
+}
+
 /// Has SIGINT or SIGTERM arrived since [`install_interrupt_handler`]?
 pub fn interrupted() -> bool {
     INTERRUPTED.load(SeqCst)

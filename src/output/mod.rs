@@ -1,11 +1,13 @@
 //! Writers for a [`Snapshot`](crate::model::Snapshot): pprof (`pprof`), and Go's
-//! `debug=1` / `debug=2` text forms (`text`).
+//! `debug=1` / `debug=2` text forms (`text`); for a recording of many snapshots
+//! (`gprof-rs record`): pprof, collapsed stacks, flame graph and speedscope (`sampled`).
 //!
 //! Every writer first groups tasks by interned stack (and labels), resolves each
 //! distinct address once through the [`Symbolizer`], then writes from the cache.
 
 pub mod pprof;
 pub mod pprof_proto;
+pub mod sampled;
 pub mod text;
 pub mod trim;
 

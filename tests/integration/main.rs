@@ -6,5 +6,6 @@ mod invariants;
 mod lease;
 mod output;
 mod process;
+mod record;
 mod switch_cfi;
 mod target;
