@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub threads: Vec<OnceLock<Thread>>,
     idle: Mutex<Vec<usize>>,
     num_idle: AtomicUsize,
+    /// Workers between "found nothing" and going to sleep, still looking for work.
+    spinning: AtomicUsize,
     pub shutdown: AtomicBool,
     pub timers: Timers,
     pub default_stack: usize,
@@ -46,16 +48,19 @@ impl Shared {
             threads: (0..workers).map(|_| OnceLock::new()).collect(),
             idle: Mutex::new(Vec::with_capacity(workers)),
             num_idle: AtomicUsize::new(0),
+            spinning: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             timers: Timers::new(),
             default_stack,
         })
     }
 
-    /// Wake one sleeping worker, if any sleeps.
+    /// Wake one sleeping worker, if any sleeps and none is already looking for work
+    /// (Go's `wakep`: a spinning worker will find the work; waking another is a futex
+    /// call and a migration for nothing).
     pub(crate) fn wake_one(&self) {
         fence(SeqCst);
-        if self.num_idle.load(SeqCst) == 0 {
+        if self.num_idle.load(SeqCst) == 0 || self.spinning.load(SeqCst) > 0 {
             return;
         }
         let idx = {
@@ -172,24 +177,23 @@ pub(crate) fn current_task_meta() -> (u64, Arc<Vec<(String, String)>>) {
 }
 
 /// Put a task that was just created into a run queue.
+///
+/// Like Go's `newproc`, the new task goes to this worker's `runnext`: a spawner that
+/// then waits for it (spawn + join) hands it the processor without waking anybody.
+/// The task it displaces goes to the stealable queue, and an idle worker is woken for it.
 pub(crate) fn schedule_new(task: TaskRef) {
-    let w = worker_ptr();
-    // SAFETY: see `with_current_task`.
-    if !w.is_null() && unsafe { Arc::ptr_eq(&(*w).shared, &task.shared) } {
-        // SAFETY: as above.
-        unsafe { (*w).local.push(task.clone()) };
-        task.shared.wake_one();
-    } else {
-        let shared = task.shared.clone();
-        shared.injector.push(task);
-        shared.wake_one();
-    }
+    make_runnable_here(task);
 }
 
 /// Make a parked task runnable (called by the waker that owns the wake-up).
 pub(crate) fn schedule_woken(task: TaskRef) {
     task.run_state.store(run_state::RUNNABLE, Relaxed);
     task.slot().state.store(TaskState::RUNNABLE, Relaxed);
+    make_runnable_here(task);
+}
+
+/// Queue `task` on the calling worker's `runnext` (or the global queue off-runtime).
+fn make_runnable_here(task: TaskRef) {
     let w = worker_ptr();
     // SAFETY: see `with_current_task`.
     if !w.is_null() && unsafe { Arc::ptr_eq(&(*w).shared, &task.shared) } {
@@ -429,6 +433,7 @@ pub(crate) fn worker_main(shared: Arc<Shared>, index: usize, local: Deque<TaskRe
             Some(t) => run_task(&ctx, t),
             None => {
                 // A short spin before sleeping: work often arrives within microseconds.
+                ctx.shared.spinning.fetch_add(1, SeqCst);
                 let mut found = None;
                 for _ in 0..32 {
                     std::hint::spin_loop();
@@ -439,8 +444,16 @@ pub(crate) fn worker_main(shared: Arc<Shared>, index: usize, local: Deque<TaskRe
                         }
                     }
                 }
+                ctx.shared.spinning.fetch_sub(1, SeqCst);
                 match found {
-                    Some(t) => run_task(&ctx, t),
+                    Some(t) => {
+                        // The last spinner to find work wakes another for what remains
+                        // (Go's `resetspinning`).
+                        if ctx.shared.has_visible_work() {
+                            ctx.shared.wake_one();
+                        }
+                        run_task(&ctx, t)
+                    }
                     None => {
                         if !ctx.idle() {
                             break;
