@@ -40,7 +40,10 @@ struct Plan {
 }
 
 fn parse() -> Plan {
-    let mut p = Plan { workers: 2, ..Plan::default() };
+    let mut p = Plan {
+        workers: 2,
+        ..Plan::default()
+    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {

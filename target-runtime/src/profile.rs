@@ -85,7 +85,8 @@ fn note_session(cb: &ControlBlock) {
     let w = crate::sched::worker_ptr();
     if !w.is_null() {
         // SAFETY: a non-null worker pointer refers to this thread's live WorkerCtx.
-        unsafe { (&(*w).shared).timers.poke() };
+        let w = unsafe { &*w };
+        w.shared.timers.poke();
     }
 }
 
@@ -104,7 +105,11 @@ fn record_self(cb: &ControlBlock, task: &Task, slot: &TaskSlot, g: u64) -> bool 
     }
     let rec = ArenaRecord {
         slot: task.slot,
-        flags: if live > len { ArenaRecord::FLAG_TRUNCATED } else { 0 },
+        flags: if live > len {
+            ArenaRecord::FLAG_TRUNCATED
+        } else {
+            0
+        },
         task_id: task.id,
         generation: g,
         sp,
@@ -125,7 +130,11 @@ fn record_self(cb: &ControlBlock, task: &Task, slot: &TaskSlot, g: u64) -> bool 
             dst.add(ArenaRecord::SLOT_OFFSET as usize),
             size_of::<TaskSlot>(),
         );
-        std::ptr::copy_nonoverlapping(sp as *const u8, dst.add(ArenaRecord::STACK_OFFSET as usize), len as usize);
+        std::ptr::copy_nonoverlapping(
+            sp as *const u8,
+            dst.add(ArenaRecord::STACK_OFFSET as usize),
+            len as usize,
+        );
     }
     true
 }
@@ -155,10 +164,15 @@ fn wait_for_profiler(cb: &ControlBlock, slot: &TaskSlot, s: u64) {
         if b != beat {
             beat = b;
             beat_at = now;
-        } else if now - beat_at > Duration::from_millis(u64::from(cb.lease_ms.load(Relaxed).max(1))) {
+        } else if now - beat_at > Duration::from_millis(u64::from(cb.lease_ms.load(Relaxed).max(1)))
+        {
             // The profiler is alive but silent (stopped, debugged): take the task back.
             // The profiler's final CAS fails and it drops its copy (TORN).
-            if slot.prof.compare_exchange(held, prof::pack(g, prof::TORN), SeqCst, Relaxed).is_ok() {
+            if slot
+                .prof
+                .compare_exchange(held, prof::pack(g, prof::TORN), SeqCst, Relaxed)
+                .is_ok()
+            {
                 cb.revoked.fetch_add(1, Relaxed);
             }
             return;
@@ -198,7 +212,9 @@ fn abort_session(cb: &ControlBlock, s: u64) {
 /// a session whose profiler died or that overran its cap. Returns whether a session is
 /// still active (and the watchdog should keep ticking).
 pub(crate) fn watchdog_tick() -> bool {
-    let Some(region) = region::try_get() else { return false };
+    let Some(region) = region::try_get() else {
+        return false;
+    };
     let cb = region.control();
     let s = cb.session.load(Acquire);
     if !session::is_active(s) {

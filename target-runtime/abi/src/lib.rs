@@ -492,7 +492,10 @@ mod tests {
     #[test]
     fn session_flags() {
         assert!(session::is_active(session::pack(5, session::ACTIVE)));
-        assert!(!session::is_active(session::pack(5, session::ACTIVE | session::ABORTED)));
+        assert!(!session::is_active(session::pack(
+            5,
+            session::ACTIVE | session::ABORTED
+        )));
         assert!(!session::is_active(session::pack(5, 0)));
         assert_eq!(session::generation(session::pack(5, 3)), 5);
     }
