@@ -22,7 +22,9 @@ pub fn examples_dir() -> PathBuf {
         if release {
             cmd.arg("--release");
         }
-        let st = cmd.status().expect("cargo build of target-runtime examples");
+        let st = cmd
+            .status()
+            .expect("cargo build of target-runtime examples");
         assert!(st.success(), "building target-runtime examples failed");
         profile_dir.join("examples")
     })
@@ -50,10 +52,18 @@ impl Target {
         let mut lines = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         lines.read_line(&mut line).unwrap();
-        assert!(line.starts_with("READY "), "{name} said {line:?} instead of READY");
+        assert!(
+            line.starts_with("READY "),
+            "{name} said {line:?} instead of READY"
+        );
         let pid = child.id();
         let stdin = child.stdin.take();
-        Target { child, pid, stdin, lines }
+        Target {
+            child,
+            pid,
+            stdin,
+            lines,
+        }
     }
 
     /// Send a line to the target's stdin.
@@ -79,7 +89,10 @@ impl Target {
     /// The process state letter from /proc (R, S, T, Z, ...).
     pub fn state(&self) -> char {
         let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        s.rsplit(')').next().and_then(|r| r.trim().chars().next()).unwrap_or('?')
+        s.rsplit(')')
+            .next()
+            .and_then(|r| r.trim().chars().next())
+            .unwrap_or('?')
     }
 }
 
