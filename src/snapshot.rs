@@ -30,7 +30,7 @@ use gprof_abi::{
 };
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
 /// How to take a snapshot.
@@ -182,6 +182,8 @@ impl Session {
         let cb = self.region.control();
         let g = session::generation(cb.session.load(SeqCst)) + 1;
         let slot_cap = self.region.layout().slot_cap;
+        // Slots ever used, bounded by the table's size (both read from the target).
+        let hwm = || cb.slot_hwm.load(Acquire).min(u64::from(slot_cap)) as u32;
 
         // ---- STW 1 ----
         let mut copies = Vec::new();
@@ -221,7 +223,8 @@ impl Session {
                     &self.region,
                     &self.mem,
                     g,
-                    slot_cap,
+                    0..hwm(),
+                    RecordedBy::StopTheWorld,
                     &mut copies,
                     &mut skipped,
                     &mut stats,
@@ -252,56 +255,8 @@ impl Session {
                 ));
             }
             let mut batch = Vec::new();
-            walk(
-                &self.region,
-                &self.mem,
-                g,
-                slot_cap,
-                &mut batch,
-                &mut skipped,
-                &mut stats,
-                Some(&mut |b: &mut Vec<Copy>| {
-                    for c in b.drain(..) {
-                        tasks.push(finish(
-                            c,
-                            stw1_mono,
-                            &mut stacks,
-                            &mut self.unwinder,
-                            &mut spawn_files,
-                            &self.mem,
-                        ));
-                    }
-                }),
-            )?;
-            // Slots a spawner was still publishing: it is running, give it a moment.
-            let deadline = Instant::now() + UNBORN_WAIT;
-            while !skipped.is_empty() && Instant::now() < deadline {
-                skipped.retain(|&i| {
-                    self.region
-                        .slot(i)
-                        .is_some_and(|s| s.prof.load(Acquire) == prof::UNBORN)
-                });
-                std::thread::yield_now();
-            }
-            // Tasks the runtime could not record (arena full) are left to us: walk again.
-            for _ in 0..4 {
-                if cb.arena_full.load(Acquire) == 0 {
-                    break;
-                }
-                cb.arena_full.store(0, Relaxed);
-                let mut batch = Vec::new();
-                let mut skipped = Vec::new();
-                walk(
-                    &self.region,
-                    &self.mem,
-                    g,
-                    slot_cap,
-                    &mut batch,
-                    &mut skipped,
-                    &mut stats,
-                    None,
-                )?;
-                for c in batch {
+            let mut sink = |b: &mut Vec<Copy>| {
+                for c in b.drain(..) {
                     tasks.push(finish(
                         c,
                         stw1_mono,
@@ -311,6 +266,53 @@ impl Session {
                         &self.mem,
                     ));
                 }
+            };
+            walk(
+                &self.region,
+                &self.mem,
+                g,
+                0..hwm(),
+                RecordedBy::Tool,
+                &mut batch,
+                &mut skipped,
+                &mut stats,
+                Some(&mut sink),
+            )?;
+            // Slots a spawner was still publishing: it is running and decides within
+            // nanoseconds whether the task predates STW 1 (abi docs). Wait for the
+            // decision, then take the ones that do.
+            let deadline = Instant::now() + UNBORN_WAIT;
+            let unborn = |i: &u32| {
+                self.region
+                    .slot(*i)
+                    .is_some_and(|s| s.prof.load(Acquire) == prof::UNBORN)
+            };
+            while skipped.iter().any(unborn) && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            // Tasks the runtime could not record (arena full) are left to us too: walk
+            // everything again, a bounded number of times.
+            let mut rounds = 0;
+            while !skipped.is_empty() || (cb.arena_full.load(Acquire) != 0 && rounds < 4) {
+                rounds += 1;
+                let again: Vec<u32> = if cb.arena_full.swap(0, AcqRel) != 0 {
+                    (0..hwm()).collect()
+                } else {
+                    std::mem::take(&mut skipped)
+                };
+                skipped.clear();
+                let mut still_unborn = Vec::new();
+                walk(
+                    &self.region,
+                    &self.mem,
+                    g,
+                    again.into_iter(),
+                    RecordedBy::Tool,
+                    &mut batch,
+                    &mut still_unborn,
+                    &mut stats,
+                    Some(&mut sink),
+                )?;
             }
 
             // ---- STW 2 ----
@@ -353,6 +355,12 @@ impl Session {
             }
         }
         tasks.sort_by_key(|t| t.id);
+        // A task recorded twice would be a protocol bug (DESIGN invariant 1): loud in
+        // debug builds and tests, harmless in release.
+        debug_assert!(
+            tasks.windows(2).all(|w| w[0].id != w[1].id),
+            "a task was recorded twice"
+        );
         tasks.dedup_by_key(|t| t.id);
         stats.total_ns = start.elapsed().as_nanos() as u64;
         Ok(Snapshot {
@@ -531,29 +539,33 @@ fn walk(
     region: &Region,
     mem: &LiveMemory,
     g: u64,
-    slot_cap: u32,
+    slots: impl Iterator<Item = u32>,
+    by: RecordedBy,
     out: &mut Vec<Copy>,
     unborn: &mut Vec<u32>,
     stats: &mut SnapshotStats,
     mut flush: Flush<'_>,
 ) -> Result<()> {
     let cb = region.control();
-    let hwm = cb.slot_hwm.load(Acquire).min(u64::from(slot_cap)) as u32;
+    let mut slots = slots;
     let in_progress = prof::pack(g, prof::IN_PROGRESS);
     let satisfied = prof::pack(g, prof::SATISFIED);
     let mut held: Vec<(u32, SlotCopy)> = Vec::with_capacity(BATCH);
     let mut buf: Vec<u8> = Vec::new();
-    let mut i = 0;
-    while i < hwm || !held.is_empty() {
-        if i < hwm && held.len() < BATCH {
-            let Some(slot) = region.slot(i) else { break };
-            i += 1;
+    let mut more = true;
+    while more || !held.is_empty() {
+        if more && held.len() < BATCH {
+            let Some(i) = slots.next() else {
+                more = false;
+                continue;
+            };
+            let Some(slot) = region.slot(i) else { continue };
             if slot.task_id.load(Acquire) == 0 {
                 continue;
             }
             let p = slot.prof.load(Acquire);
             if p == prof::UNBORN {
-                unborn.push(i - 1);
+                unborn.push(i);
                 continue;
             }
             if !prof::is_absent_for(p, g)
@@ -570,7 +582,7 @@ fn walk(
                 let _ = slot.prof.compare_exchange(in_progress, p, SeqCst, Relaxed);
                 continue;
             }
-            held.push((i - 1, copy));
+            held.push((i, copy));
             continue;
         }
         failpoint("mid-walk");
@@ -612,11 +624,7 @@ fn walk(
                 base: c.sp,
                 stack: bytes.to_vec(),
                 slot: c,
-                by: if flush.is_some() {
-                    RecordedBy::Tool
-                } else {
-                    RecordedBy::StopTheWorld
-                },
+                by,
             });
         }
         cb.heartbeat.fetch_add(1, Relaxed);
