@@ -199,7 +199,7 @@ impl Session {
             stats.generation = g;
             cb.owner_pid.store(u64::from(std::process::id()), Relaxed);
             cb.heartbeat.store(0, Relaxed);
-            cb.arena_used.store(0, Relaxed);
+            cb.arena_used.store(gprof_abi::arena::pack(g, 0), Relaxed);
             cb.arena_full.store(0, Relaxed);
             cb.session_seen_ns.store(0, Relaxed);
             cb.sessions.fetch_add(1, Relaxed);
@@ -322,7 +322,7 @@ impl Session {
                 let stop = self.tracer.stop_world(Instant::now() + STOP_DEADLINE)?;
                 let t = stop.timings();
                 cb.session.store(session::pack(g, 0), SeqCst);
-                used = cb.arena_used.load(Acquire);
+                used = arena_bytes(cb.arena_used.load(Acquire), g);
                 let resumed = stop.resume();
                 stats.stw2_ns = (resumed - t.first_interrupt).as_nanos() as u64;
             }
@@ -656,7 +656,16 @@ fn wait_runtime_holds(region: &Region, g: u64, slot_cap: u32) -> u64 {
         std::thread::yield_now();
         holds.retain(held);
     }
-    cb.arena_used.load(Acquire)
+    arena_bytes(cb.arena_used.load(Acquire), g)
+}
+
+/// Bytes of the arena that belong to session `g` (0 if the word is another session's).
+fn arena_bytes(word: u64, g: u64) -> u64 {
+    if gprof_abi::arena::is_generation(word, g) {
+        gprof_abi::arena::used(word)
+    } else {
+        0
+    }
 }
 
 /// Records the runtime wrote itself, bounded and validated.

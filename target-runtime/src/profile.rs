@@ -99,7 +99,13 @@ fn record_self(cb: &ControlBlock, task: &Task, slot: &TaskSlot, g: u64) -> bool 
     let len = live.min(MAX_STACK_COPY);
     let need = ArenaRecord::footprint(len);
     let (arena, arena_len) = region.arena();
-    let off = cb.arena_used.fetch_add(need, Relaxed);
+    let word = cb.arena_used.fetch_add(need, Relaxed);
+    if !gprof_abi::arena::is_generation(word, g) {
+        // A newer session reset the arena after we loaded the session word: this
+        // reservation is in its records. Leave it unwritten (abi docs, `arena`).
+        return false;
+    }
+    let off = gprof_abi::arena::used(word);
     if off.checked_add(need).is_none_or(|end| end > arena_len) {
         return false;
     }

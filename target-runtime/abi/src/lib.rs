@@ -80,7 +80,7 @@ pub const DESCRIPTOR_SYMBOL: &str = "GPROF_RT_DESCRIPTOR";
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GPROFRT1");
 
 /// Version of everything in this crate. Bumped on any change of layout or protocol.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Bytes reserved for the [`ControlBlock`] at offset 0 of the region.
 pub const CONTROL_SIZE: u64 = 4096;
@@ -196,7 +196,8 @@ pub struct ControlBlock {
     pub lease_ms: AtomicU32,
     /// A session older than this (runtime clock) is aborted by the runtime.
     pub session_cap_ms: AtomicU32,
-    /// Bytes of the arena in use in this session.
+    /// Bytes of the arena in use in this session, tagged with the session's generation
+    /// (see [`arena`]).
     pub arena_used: AtomicU64,
     /// Tasks the runtime recorded itself in this session.
     pub self_recorded: AtomicU64,
@@ -430,6 +431,34 @@ pub mod prof {
     }
 }
 
+/// Packing of [`ControlBlock::arena_used`]: `generation << 40 | bytes used`.
+///
+/// The profiler stores `pack(g, 0)` in STW 1. A runtime thread reserves space with one
+/// `fetch_add` and keeps the reservation only if the word's generation is the session
+/// it is recording for: a thread that loaded an older session word before this STW 1
+/// would otherwise write into the new session's records.
+pub mod arena {
+    /// Bits of the byte count.
+    pub const OFFSET_BITS: u32 = 40;
+    const OFFSET_MASK: u64 = (1 << OFFSET_BITS) - 1;
+    /// Build an `arena_used` word.
+    pub const fn pack(generation: u64, used: u64) -> u64 {
+        (generation << OFFSET_BITS) | (used & OFFSET_MASK)
+    }
+    /// The (truncated) generation of an `arena_used` word.
+    pub const fn generation(word: u64) -> u64 {
+        word >> OFFSET_BITS
+    }
+    /// Does `word` belong to session `g` (compared in the bits the word keeps)?
+    pub const fn is_generation(word: u64, g: u64) -> bool {
+        generation(word) == (g << OFFSET_BITS) >> OFFSET_BITS
+    }
+    /// Bytes used.
+    pub const fn used(word: u64) -> u64 {
+        word & OFFSET_MASK
+    }
+}
+
 /// Header of one record in the arena. A copy of the task's [`TaskSlot`] follows (taken
 /// before the task ran again: its name, labels and spawn site as of the snapshot, even
 /// if the slot is reused later), then `stack_len` stack bytes, then padding to 16.
@@ -498,6 +527,15 @@ mod tests {
         )));
         assert!(!session::is_active(session::pack(5, 0)));
         assert_eq!(session::generation(session::pack(5, 3)), 5);
+    }
+
+    #[test]
+    fn arena_words_carry_their_session() {
+        let w = arena::pack(7, 4096);
+        assert!(arena::is_generation(w, 7));
+        assert!(!arena::is_generation(w, 8));
+        assert_eq!(arena::used(w + 576), 4672);
+        assert!(arena::is_generation(arena::pack(1 << 30, 0), 1 << 30));
     }
 
     #[test]
