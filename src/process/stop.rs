@@ -65,7 +65,8 @@ const PTRACE_EVENT_STOP: i32 = 128;
 pub struct StopConfig {
     /// Most `/proc/PID/task` scans per stop (reliability.md §2.3 suggests 8).
     pub max_rounds: u32,
-    /// `sched_yield` polls before falling back to short sleeps while waiting for stops.
+    /// Wake-ups (a SIGCHLD or a timeout) before a thread that has not stopped is checked
+    /// in /proc for being a zombie.
     pub spin_polls: u32,
     /// Longest single sleep between polls.
     pub max_sleep: Duration,
@@ -82,7 +83,7 @@ impl Default for StopConfig {
     fn default() -> Self {
         StopConfig {
             max_rounds: 8,
-            spin_polls: 200,
+            spin_polls: 3,
             max_sleep: Duration::from_millis(1),
             quiet_scans: 2,
         }
@@ -219,6 +220,7 @@ impl Tracer {
         if let Err(e) = std::fs::File::open(format!("{dir}/mem")) {
             return Err(crate::error::from_proc_io(pid, e));
         }
+        block_sigchld();
         Ok(Tracer {
             pid,
             config,
@@ -360,8 +362,10 @@ impl Tracer {
             }
             self.wait_pending(held, deadline);
         }
-        if list_threads(pid).is_err()
-            || held.stopped.is_empty() && held.unstopped.is_empty() && !pid_alive(pid)
+        // Only a stop that caught nothing needs to ask whether the process is still there
+        // (a readdir inside the pause otherwise).
+        if held.stopped.is_empty()
+            && (list_threads(pid).is_err() || held.unstopped.is_empty() && !pid_alive(pid))
         {
             return Err(Error::ProcessExited { pid });
         }
@@ -436,7 +440,7 @@ impl Tracer {
     fn wait_pending(&self, held: &mut Held, deadline: Instant) {
         let pid = self.pid;
         let mut polls: u32 = 0;
-        let mut sleep = Duration::from_micros(20);
+        let mut sleep = Duration::from_micros(200);
         loop {
             let check_proc = polls >= self.config.spin_polls;
             let mut i = 0;
@@ -475,13 +479,13 @@ impl Tracer {
                 return;
             }
             polls += 1;
-            if polls < self.config.spin_polls {
-                // On a 2-core machine the tracee needs our CPU to reach its trap.
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(sleep.min(deadline - now));
-                sleep = (sleep * 2).min(self.config.max_sleep);
-            }
+            // Sleep until the kernel reports a tracee stop (SIGCHLD, blocked in this
+            // thread and taken synchronously) instead of spinning: the tool runs at
+            // SCHED_FIFO during a stop, and a spinning FIFO thread would keep a tracee that
+            // shares its CPU from ever reaching its trap. The wait is capped so that a
+            // SIGCHLD taken by another thread, or coalesced, costs a re-poll, not a hang.
+            wait_for_sigchld(sleep.min(deadline - now));
+            sleep = (sleep * 2).min(self.config.max_sleep);
         }
     }
 
@@ -736,5 +740,33 @@ mod tests {
         let pid = std::process::id();
         assert!(matches!(thread_state(pid, pid), Some('R') | Some('S')));
         assert!(thread_state(pid, u32::MAX).is_none());
+    }
+}
+
+/// Block SIGCHLD in the calling thread, so that [`wait_for_sigchld`] can take it
+/// synchronously. Threads created afterwards inherit the mask.
+fn block_sigchld() {
+    // SAFETY: manipulates the calling thread's signal mask with valid pointers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Wait up to `timeout` for a SIGCHLD (a tracee stopped or a child exited).
+fn wait_for_sigchld(timeout: Duration) {
+    // SAFETY: sigtimedwait with valid pointers to local values; SIGCHLD is blocked in
+    // this thread (Tracer::with_config), so it is taken here rather than delivered.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        libc::sigtimedwait(&set, std::ptr::null_mut(), &ts);
     }
 }
