@@ -84,6 +84,13 @@ impl Builder {
         if sched::in_task() {
             return Err(BuildError::Nested);
         }
+        if shadow_stack_enabled() {
+            return Err(BuildError::Io(
+                "this thread runs with a CET shadow stack, which a user-space stack switch \
+                 would break; run without user shadow stacks (glibc.cpu.x86_shstk=off)"
+                    .into(),
+            ));
+        }
         let workers = match self.workers {
             None => std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
@@ -186,5 +193,33 @@ where
     match Builder::new().run(f) {
         Ok(v) => v,
         Err(e) => panic!("{e}"),
+    }
+}
+
+/// Is an Intel CET user shadow stack enabled for this thread? Switching stacks in user
+/// space without switching shadow stacks makes every `ret` fault, so the runtime refuses
+/// to start rather than crash at the first switch (research/runtime.md).
+fn shadow_stack_enabled() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        /// `ARCH_SHSTK_STATUS` (arch/x86/include/uapi/asm/prctl.h, Linux 6.6).
+        const ARCH_SHSTK_STATUS: libc::c_long = 0x5005;
+        /// `ARCH_SHSTK_SHSTK`: the shadow-stack feature bit.
+        const ARCH_SHSTK_SHSTK: u64 = 1;
+        let mut features: u64 = 0;
+        // SAFETY: arch_prctl(ARCH_SHSTK_STATUS) writes one u64 through the pointer; on
+        // kernels without it the call fails with EINVAL and writes nothing.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_SHSTK_STATUS,
+                &mut features as *mut u64,
+            )
+        };
+        r == 0 && features & ARCH_SHSTK_SHSTK != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
