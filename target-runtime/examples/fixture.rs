@@ -17,8 +17,12 @@
 //!   -> cgo_leaf -> Receiver::recv`.
 //!
 //! It prints `READY <pid>` once every parked task has really switched away (it counts
-//! tasks in the waiting state through the runtime's own table), then waits for a line on
-//! stdin: `exit` (or end of input) ends the process.
+//! tasks in the waiting state through the runtime's own table), then reads commands on
+//! stdin, one a line:
+//!
+//! * `park-late N`: spawn N more tasks that wait in `late_leaf -> Receiver::recv`, and
+//!   print `PARKED` once they have all switched away (their waits start after READY).
+//! * anything else (`exit`), or end of input, ends the process.
 
 use std::hint::black_box;
 use std::io::BufRead;
@@ -92,7 +96,7 @@ fn mutex_leaf(m: &Mutex<u64>) {
 }
 #[inline(never)]
 fn joined_target(rx: chan::Receiver<u32>) -> u32 {
-    black_box(rx.recv().unwrap_or(0))
+    black_box(rx.recv().unwrap_or(4))
 }
 #[inline(never)]
 fn join_leaf(h: target_runtime::JoinHandle<u32>) -> u32 {
@@ -100,7 +104,7 @@ fn join_leaf(h: target_runtime::JoinHandle<u32>) -> u32 {
 }
 #[inline(never)]
 fn labeled_leaf(rx: &chan::Receiver<u32>) -> u32 {
-    black_box(rx.recv().unwrap_or(0))
+    black_box(rx.recv().unwrap_or(2))
 }
 #[inline(never)]
 fn busy_leaf(stop: &AtomicBool) -> u64 {
@@ -115,8 +119,14 @@ fn busy_leaf(stop: &AtomicBool) -> u64 {
 }
 
 #[inline(never)]
-fn cgo_leaf(rx: &chan::Receiver<u32>) -> u32 {
+fn late_leaf(rx: &chan::Receiver<u32>) -> u32 {
     black_box(rx.recv().unwrap_or(0))
+}
+
+#[inline(never)]
+fn cgo_leaf(rx: &chan::Receiver<u32>) -> u32 {
+    // Distinct constants keep release builds from folding the identical leaves into one.
+    black_box(rx.recv().unwrap_or(3))
 }
 #[inline(never)]
 fn cgo_caller(rx: chan::Receiver<u32>) -> u32 {
@@ -169,17 +179,31 @@ fn serve(plan: Plan) {
         let stop = stop.clone();
         spawn(move || busy_leaf(&stop));
     }
-    let parked = plan.recv + plan.sleep + plan.mutex + 2 * plan.join + plan.labeled + plan.cgo;
+    let mut parked = plan.recv + plan.sleep + plan.mutex + 2 * plan.join + plan.labeled + plan.cgo;
     while target_runtime::__private::waiting_tasks() < parked {
         target_runtime::sleep(Duration::from_millis(1));
     }
     println!("READY {}", std::process::id());
-    let line = target_runtime::blocking(|| {
-        let mut s = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut s);
-        s
-    });
-    black_box(line);
+    loop {
+        let line = target_runtime::blocking(|| {
+            let mut s = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut s);
+            s
+        });
+        let Some(n) = line.trim().strip_prefix("park-late ") else {
+            break;
+        };
+        let n: usize = n.trim().parse().expect("fixture: park-late N");
+        for _ in 0..n {
+            let rx = rx.clone();
+            spawn(move || late_leaf(&rx));
+        }
+        parked += n;
+        while target_runtime::__private::waiting_tasks() < parked {
+            target_runtime::sleep(Duration::from_millis(1));
+        }
+        println!("PARKED");
+    }
     stop.store(true, Ordering::Relaxed);
     drop(guard);
     drop(tx);
