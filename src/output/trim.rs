@@ -79,6 +79,23 @@ fn trim(st: &Stack, sym: &mut Symbolizer) -> Stack {
     if ends_at_entry || last == root {
         addrs.push(st.addrs[root]);
     }
+    // An address whose inline chain mixes plumbing with user code (the task's closure
+    // inlined into `catch_unwind` inlined into the entry shim, the leaf wait inlined into
+    // the switch) keeps only the user frames.
+    for (k, &a) in addrs.iter().enumerate() {
+        let is_ra = k > 0;
+        let frames = sym.lookup(a, is_ra);
+        let hidden = |f: &str| SWITCH.contains(&f) || is_entry_plumbing(f);
+        if frames.iter().any(|f| hidden(&f.function)) && frames.iter().any(|f| !hidden(&f.function))
+        {
+            let mine: Vec<_> = frames
+                .iter()
+                .filter(|f| !hidden(&f.function))
+                .cloned()
+                .collect();
+            sym.insert(a, is_ra, mine);
+        }
+    }
     Stack {
         addrs,
         incomplete: st.incomplete,
