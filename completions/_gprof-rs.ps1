@@ -25,6 +25,7 @@ Register-ArgumentCompleter -Native -CommandName 'gprof-rs' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('attach', 'attach', [CompletionResultType]::ParameterValue, 'Take one consistent snapshot of every task of a running process')
             [CompletionResult]::new('record', 'record', [CompletionResultType]::ParameterValue, 'Sample every task of a process periodically and write one aggregated profile')
+            [CompletionResult]::new('top', 'top', [CompletionResultType]::ParameterValue, 'A live view of what the tasks of a process are doing, refreshed every second')
             [CompletionResult]::new('demo', 'demo', [CompletionResultType]::ParameterValue, 'Run the bundled demo service (thousands of tasks), snapshot it (demo.pb.gz) and record it for 3 s (demo.svg, a flame graph)')
             [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)')
             [CompletionResult]::new('demo-service', 'demo-service', [CompletionResultType]::ParameterValue, 'The demo''s target service (started by `gprof-rs demo`)')
@@ -36,6 +37,7 @@ Register-ArgumentCompleter -Native -CommandName 'gprof-rs' -ScriptBlock {
             [CompletionResult]::new('--output', '--output', [CompletionResultType]::ParameterName, 'Write the profile to FILE instead of standard output. With -o the default format is pprof (gzip''d profile.proto that `go tool pprof` reads)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format: `pprof` (binary, needs -o), `text` (counts per distinct stack with labels, like Go''s debug=1) or `tasks` (one block per task with its state, wait time and creator, like Go''s debug=2). Default: text, or pprof with -o')
             [CompletionResult]::new('--mode', '--mode', [CompletionResultType]::ParameterName, '`concurrent`: two short stops, tasks recorded while the target runs (default). `stw`: everything inside one stop, like Go''s old synchronous profile; the pause then grows with the number of tasks')
+            [CompletionResult]::new('--blocked-longer-than', '--blocked-longer-than', [CompletionResultType]::ParameterName, 'Leak hunting: keep only the tasks that have been waiting (on a channel, a lock, a sleep, I/O, ...) for longer than DUR, e.g. `10m`, `1h`, `0s` for every waiting task. The text format then shows each group''s oldest wait, as `# oldest wait: 3m12s (task 42)`')
             [CompletionResult]::new('--stats', '--stats', [CompletionResultType]::ParameterName, 'Print the pause lengths, task counts and bytes copied to standard error')
             [CompletionResult]::new('--system', '--system', [CompletionResultType]::ParameterName, 'Include the runtime''s own system tasks')
             [CompletionResult]::new('--all-frames', '--all-frames', [CompletionResultType]::ParameterName, 'Keep the runtime''s context-switch and task-entry frames, which are hidden by default because every task has them')
@@ -62,6 +64,17 @@ Register-ArgumentCompleter -Native -CommandName 'gprof-rs' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             break
         }
+        'gprof-rs;top' {
+            [CompletionResult]::new('-i', '-i', [CompletionResultType]::ParameterName, 'Time between refreshes, e.g. `1s`, `500ms`, `5s`')
+            [CompletionResult]::new('--interval', '--interval', [CompletionResultType]::ParameterName, 'Time between refreshes, e.g. `1s`, `500ms`, `5s`')
+            [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'Without a terminal: stop after N views (with a terminal, q quits)')
+            [CompletionResult]::new('--iterations', '--iterations', [CompletionResultType]::ParameterName, 'Without a terminal: stop after N views (with a terminal, q quits)')
+            [CompletionResult]::new('--mode', '--mode', [CompletionResultType]::ParameterName, '`concurrent` (default) or `stw`, as for `attach`')
+            [CompletionResult]::new('--system', '--system', [CompletionResultType]::ParameterName, 'Include the runtime''s own system tasks')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
         'gprof-rs;demo' {
             [CompletionResult]::new('--out-dir', '--out-dir', [CompletionResultType]::ParameterName, 'Directory to write demo.pb.gz and demo.svg into')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -83,6 +96,7 @@ Register-ArgumentCompleter -Native -CommandName 'gprof-rs' -ScriptBlock {
         'gprof-rs;help' {
             [CompletionResult]::new('attach', 'attach', [CompletionResultType]::ParameterValue, 'Take one consistent snapshot of every task of a running process')
             [CompletionResult]::new('record', 'record', [CompletionResultType]::ParameterValue, 'Sample every task of a process periodically and write one aggregated profile')
+            [CompletionResult]::new('top', 'top', [CompletionResultType]::ParameterValue, 'A live view of what the tasks of a process are doing, refreshed every second')
             [CompletionResult]::new('demo', 'demo', [CompletionResultType]::ParameterValue, 'Run the bundled demo service (thousands of tasks), snapshot it (demo.pb.gz) and record it for 3 s (demo.svg, a flame graph)')
             [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)')
             [CompletionResult]::new('demo-service', 'demo-service', [CompletionResultType]::ParameterValue, 'The demo''s target service (started by `gprof-rs demo`)')
@@ -93,6 +107,9 @@ Register-ArgumentCompleter -Native -CommandName 'gprof-rs' -ScriptBlock {
             break
         }
         'gprof-rs;help;record' {
+            break
+        }
+        'gprof-rs;help;top' {
             break
         }
         'gprof-rs;help;demo' {

@@ -34,6 +34,9 @@ _gprof__rs() {
             gprof__rs,record)
                 cmd="gprof__rs__subcmd__record"
                 ;;
+            gprof__rs,top)
+                cmd="gprof__rs__subcmd__top"
+                ;;
             gprof__rs__subcmd__help,attach)
                 cmd="gprof__rs__subcmd__help__subcmd__attach"
                 ;;
@@ -52,6 +55,9 @@ _gprof__rs() {
             gprof__rs__subcmd__help,record)
                 cmd="gprof__rs__subcmd__help__subcmd__record"
                 ;;
+            gprof__rs__subcmd__help,top)
+                cmd="gprof__rs__subcmd__help__subcmd__top"
+                ;;
             *)
                 ;;
         esac
@@ -59,7 +65,7 @@ _gprof__rs() {
 
     case "${cmd}" in
         gprof__rs)
-            opts="-h --help attach record demo generate demo-service help"
+            opts="-h --help attach record top demo generate demo-service help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -73,7 +79,7 @@ _gprof__rs() {
             return 0
             ;;
         gprof__subcmd__rs__subcmd__attach)
-            opts="-o -h --output --format --mode --stats --system --all-frames --help"
+            opts="-o -h --output --format --mode --stats --system --all-frames --blocked-longer-than --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -93,6 +99,10 @@ _gprof__rs() {
                     ;;
                 --mode)
                     COMPREPLY=($(compgen -W "concurrent stw" -- "${cur}"))
+                    return 0
+                    ;;
+                --blocked-longer-than)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)
@@ -157,7 +167,7 @@ _gprof__rs() {
             return 0
             ;;
         gprof__subcmd__rs__subcmd__help)
-            opts="attach record demo generate demo-service help"
+            opts="attach record top demo generate demo-service help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -254,6 +264,20 @@ _gprof__rs() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        gprof__subcmd__rs__subcmd__help__subcmd__top)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         gprof__subcmd__rs__subcmd__record)
             opts="-o -r -i -d -n -h --output --format --rate --interval --duration --samples --mode --system --all-frames --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -298,6 +322,40 @@ _gprof__rs() {
                     return 0
                     ;;
                 --samples)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mode)
+                    COMPREPLY=($(compgen -W "concurrent stw" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gprof__subcmd__rs__subcmd__top)
+            opts="-i -n -h --interval --iterations --mode --system --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -i)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --iterations)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -22,6 +22,7 @@ set edit:completion:arg-completer[gprof-rs] = {|@words|
             cand --help 'Print help'
             cand attach 'Take one consistent snapshot of every task of a running process'
             cand record 'Sample every task of a process periodically and write one aggregated profile'
+            cand top 'A live view of what the tasks of a process are doing, refreshed every second'
             cand demo 'Run the bundled demo service (thousands of tasks), snapshot it (demo.pb.gz) and record it for 3 s (demo.svg, a flame graph)'
             cand generate 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)'
             cand demo-service 'The demo''s target service (started by `gprof-rs demo`)'
@@ -32,6 +33,7 @@ set edit:completion:arg-completer[gprof-rs] = {|@words|
             cand --output 'Write the profile to FILE instead of standard output. With -o the default format is pprof (gzip''d profile.proto that `go tool pprof` reads)'
             cand --format 'Output format: `pprof` (binary, needs -o), `text` (counts per distinct stack with labels, like Go''s debug=1) or `tasks` (one block per task with its state, wait time and creator, like Go''s debug=2). Default: text, or pprof with -o'
             cand --mode '`concurrent`: two short stops, tasks recorded while the target runs (default). `stw`: everything inside one stop, like Go''s old synchronous profile; the pause then grows with the number of tasks'
+            cand --blocked-longer-than 'Leak hunting: keep only the tasks that have been waiting (on a channel, a lock, a sleep, I/O, ...) for longer than DUR, e.g. `10m`, `1h`, `0s` for every waiting task. The text format then shows each group''s oldest wait, as `# oldest wait: 3m12s (task 42)`'
             cand --stats 'Print the pause lengths, task counts and bytes copied to standard error'
             cand --system 'Include the runtime''s own system tasks'
             cand --all-frames 'Keep the runtime''s context-switch and task-entry frames, which are hidden by default because every task has them'
@@ -56,6 +58,16 @@ set edit:completion:arg-completer[gprof-rs] = {|@words|
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
+        &'gprof-rs;top'= {
+            cand -i 'Time between refreshes, e.g. `1s`, `500ms`, `5s`'
+            cand --interval 'Time between refreshes, e.g. `1s`, `500ms`, `5s`'
+            cand -n 'Without a terminal: stop after N views (with a terminal, q quits)'
+            cand --iterations 'Without a terminal: stop after N views (with a terminal, q quits)'
+            cand --mode '`concurrent` (default) or `stw`, as for `attach`'
+            cand --system 'Include the runtime''s own system tasks'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+        }
         &'gprof-rs;demo'= {
             cand --out-dir 'Directory to write demo.pb.gz and demo.svg into'
             cand -h 'Print help'
@@ -74,6 +86,7 @@ set edit:completion:arg-completer[gprof-rs] = {|@words|
         &'gprof-rs;help'= {
             cand attach 'Take one consistent snapshot of every task of a running process'
             cand record 'Sample every task of a process periodically and write one aggregated profile'
+            cand top 'A live view of what the tasks of a process are doing, refreshed every second'
             cand demo 'Run the bundled demo service (thousands of tasks), snapshot it (demo.pb.gz) and record it for 3 s (demo.svg, a flame graph)'
             cand generate 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)'
             cand demo-service 'The demo''s target service (started by `gprof-rs demo`)'
@@ -82,6 +95,8 @@ set edit:completion:arg-completer[gprof-rs] = {|@words|
         &'gprof-rs;help;attach'= {
         }
         &'gprof-rs;help;record'= {
+        }
+        &'gprof-rs;help;top'= {
         }
         &'gprof-rs;help;demo'= {
         }

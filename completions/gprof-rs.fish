@@ -27,6 +27,7 @@ end
 complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -s h -l help -d 'Print help'
 complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "attach" -d 'Take one consistent snapshot of every task of a running process'
 complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "record" -d 'Sample every task of a process periodically and write one aggregated profile'
+complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "top" -d 'A live view of what the tasks of a process are doing, refreshed every second'
 complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "demo" -d 'Run the bundled demo service (thousands of tasks), snapshot it (demo.pb.gz) and record it for 3 s (demo.svg, a flame graph)'
 complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "generate" -d 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)'
 complete -c gprof-rs -n "__fish_gprof_rs_needs_command" -f -a "demo-service" -d 'The demo\'s target service (started by `gprof-rs demo`)'
@@ -37,6 +38,7 @@ text\t'Counts per distinct stack (Go\'s debug=1)'
 tasks\t'One block per task (Go\'s debug=2)'"
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l mode -d '`concurrent`: two short stops, tasks recorded while the target runs (default). `stw`: everything inside one stop, like Go\'s old synchronous profile; the pause then grows with the number of tasks' -r -f -a "concurrent\t'Two short stops; tasks recorded while the target runs'
 stw\t'One stop for the whole snapshot'"
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l blocked-longer-than -d 'Leak hunting: keep only the tasks that have been waiting (on a channel, a lock, a sleep, I/O, ...) for longer than DUR, e.g. `10m`, `1h`, `0s` for every waiting task. The text format then shows each group\'s oldest wait, as `# oldest wait: 3m12s (task 42)`' -r
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l stats -d 'Print the pause lengths, task counts and bytes copied to standard error'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l system -d 'Include the runtime\'s own system tasks'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l all-frames -d 'Keep the runtime\'s context-switch and task-entry frames, which are hidden by default because every task has them'
@@ -55,15 +57,22 @@ stw\t'One stop for the whole snapshot'"
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -l system -d 'Include the runtime\'s own system tasks'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -l all-frames -d 'Keep the runtime\'s context-switch and task-entry frames (hidden by default)'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand top" -s i -l interval -d 'Time between refreshes, e.g. `1s`, `500ms`, `5s`' -r
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand top" -s n -l iterations -d 'Without a terminal: stop after N views (with a terminal, q quits)' -r
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand top" -l mode -d '`concurrent` (default) or `stw`, as for `attach`' -r -f -a "concurrent\t'Two short stops; tasks recorded while the target runs'
+stw\t'One stop for the whole snapshot'"
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand top" -l system -d 'Include the runtime\'s own system tasks'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand top" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand demo" -l out-dir -d 'Directory to write demo.pb.gz and demo.svg into' -r -F
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand demo" -s h -l help -d 'Print help'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand generate" -l man-dir -d 'Directory for the man page' -r -F
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand generate" -l completions-dir -d 'Directory for the completions' -r -F
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand generate" -s h -l help -d 'Print help'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand demo-service" -s h -l help -d 'Print help'
-complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record demo generate demo-service help" -f -a "attach" -d 'Take one consistent snapshot of every task of a running process'
-complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record demo generate demo-service help" -f -a "record" -d 'Sample every task of a process periodically and write one aggregated profile'
-complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record demo generate demo-service help" -f -a "demo" -d 'Run the bundled demo service (thousands of tasks), snapshot it (demo.pb.gz) and record it for 3 s (demo.svg, a flame graph)'
-complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record demo generate demo-service help" -f -a "generate" -d 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)'
-complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record demo generate demo-service help" -f -a "demo-service" -d 'The demo\'s target service (started by `gprof-rs demo`)'
-complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record demo generate demo-service help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record top demo generate demo-service help" -f -a "attach" -d 'Take one consistent snapshot of every task of a running process'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record top demo generate demo-service help" -f -a "record" -d 'Sample every task of a process periodically and write one aggregated profile'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record top demo generate demo-service help" -f -a "top" -d 'A live view of what the tasks of a process are doing, refreshed every second'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record top demo generate demo-service help" -f -a "demo" -d 'Run the bundled demo service (thousands of tasks), snapshot it (demo.pb.gz) and record it for 3 s (demo.svg, a flame graph)'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record top demo generate demo-service help" -f -a "generate" -d 'Write the man page and shell completions (for packagers; `man/` and `completions/` in the repository are generated with this)'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record top demo generate demo-service help" -f -a "demo-service" -d 'The demo\'s target service (started by `gprof-rs demo`)'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand help; and not __fish_seen_subcommand_from attach record top demo generate demo-service help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

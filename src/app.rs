@@ -4,9 +4,11 @@ use crate::cli::Command;
 use crate::config::{AttachConfig, Output, OutputFormat};
 use crate::error::{Error, Result};
 use crate::model::Snapshot;
+use crate::output::text::format_duration;
 use crate::snapshot::Session;
 use crate::symbolize::Symbolizer;
 use crate::unwind::ProcFiles;
+use gprof_abi::TaskState;
 use std::io::{BufWriter, Write};
 
 /// Run a validated command.
@@ -14,6 +16,7 @@ pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Attach(c) => attach(&c),
         Command::Record(c) => crate::record::run(&c),
+        Command::Top(c) => crate::top::run(&c),
         Command::Demo { out_dir } => crate::demo::run(&out_dir),
         Command::DemoService => crate::demo::service(),
         Command::Generate {
@@ -56,12 +59,49 @@ pub fn attach(c: &AttachConfig) -> Result<()> {
     if c.stats {
         print_stats(&snap);
     }
+    if let Some(min) = c.blocked_longer_than {
+        keep_blocked_longer_than(&mut snap, min);
+    }
     let mut sym = Symbolizer::new(ProcFiles { pid });
     sym.set_modules(&snap.modules);
     if !c.all_frames {
         crate::output::trim::hide_runtime_frames(&mut snap, &mut sym);
     }
-    write_snapshot(&snap, &mut sym, c.format, &c.output)
+    write_output(
+        &snap,
+        &mut sym,
+        c.format,
+        &c.output,
+        c.blocked_longer_than.is_some(),
+    )
+}
+
+/// `--blocked-longer-than`: keep only the tasks waiting for at least `min`; say so on
+/// standard error when none is left.
+fn keep_blocked_longer_than(snap: &mut Snapshot, min: std::time::Duration) {
+    let before = snap.tasks.len();
+    let longest = snap
+        .tasks
+        .iter()
+        .filter(|t| t.state == TaskState::WAITING)
+        .map(|t| t.wait_ns)
+        .max();
+    let min_ns = u64::try_from(min.as_nanos()).unwrap_or(u64::MAX);
+    snap.tasks
+        .retain(|t| t.state == TaskState::WAITING && t.wait_ns >= min_ns);
+    if snap.tasks.is_empty() {
+        let longest = match longest {
+            Some(ns) => format!(
+                "the longest wait is {}",
+                format_duration(std::time::Duration::from_nanos(ns))
+            ),
+            None => "none is waiting".to_string(),
+        };
+        eprintln!(
+            "gprof-rs: no task waiting longer than {} ({before} tasks; {longest})",
+            format_duration(min)
+        );
+    }
 }
 
 /// Write `snap` in `format` to `output`.
@@ -70,6 +110,17 @@ pub fn write_snapshot(
     sym: &mut Symbolizer,
     format: OutputFormat,
     output: &Output,
+) -> Result<()> {
+    write_output(snap, sym, format, output, false)
+}
+
+/// [`write_snapshot`], with each group's oldest wait in the text format.
+fn write_output(
+    snap: &Snapshot,
+    sym: &mut Symbolizer,
+    format: OutputFormat,
+    output: &Output,
+    oldest_wait: bool,
 ) -> Result<()> {
     let mut w: Box<dyn Write> = match output {
         Output::Stdout => Box::new(BufWriter::new(std::io::stdout().lock())),
@@ -82,7 +133,7 @@ pub fn write_snapshot(
     };
     let r = match format {
         OutputFormat::Pprof => crate::output::pprof::write_pprof(snap, sym, &mut w),
-        OutputFormat::Text => crate::output::text::write_text(snap, sym, &mut w),
+        OutputFormat::Text => crate::output::text::write_text_with(snap, sym, &mut w, oldest_wait),
         OutputFormat::Tasks => crate::output::text::write_tasks(snap, sym, &mut w),
     };
     match r.and_then(|_| w.flush()) {

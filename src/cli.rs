@@ -2,7 +2,9 @@
 //! validated, clap-free [`crate::config`] value; the man page and the shell completions
 //! are rendered from the same definition (`gprof-rs generate`).
 
-use crate::config::{AttachConfig, Output, OutputFormat, RecordConfig, RecordFormat, Target};
+use crate::config::{
+    AttachConfig, Output, OutputFormat, RecordConfig, RecordFormat, Target, TopConfig,
+};
 use crate::error::{Error, Result};
 use crate::snapshot::Mode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -19,9 +21,25 @@ Examples:
   gprof-rs record 4242 -d 10s -o out.svg sample every task for 10 s: a flame graph
   gprof-rs record -o out.pb.gz -- ./server --port 8080
                                          run a program and record it until it exits
+  gprof-rs top 4242                      live view of the top stacks
+  gprof-rs attach 4242 --blocked-longer-than 10m
+                                         tasks waiting over 10 min
 
 Permissions: attaching uses ptrace. You need the same uid as the target and a Yama
-ptrace_scope (/proc/sys/kernel/yama/ptrace_scope) of 0, or CAP_SYS_PTRACE (root).";
+ptrace_scope (/proc/sys/kernel/yama/ptrace_scope) of 0, or CAP_SYS_PTRACE (root).
+
+Exit status:
+  0    success
+  1    any other error (I/O, an unexpected ptrace failure)
+  2    usage error (bad option or argument)
+  3    no such process
+  4    permission denied (ptrace refused: see Permissions)
+  5    not a target-runtime process, or its runtime not started yet
+  6    ABI mismatch: the target uses another gprof ABI version
+  7    another profiler is active on the target
+  8    the target exited or exec'ed while being profiled
+  9    the target published invalid data
+  130  interrupted by SIGINT/SIGTERM (the target runs on)";
 
 /// Snapshot every green thread of a running target-runtime program, pausing it only
 /// for two short stop-the-world phases.
@@ -46,6 +64,7 @@ Examples:
   gprof-rs attach 4242 --format tasks | less
   gprof-rs attach 4242 -o snap.pb.gz && go tool pprof -traces snap.pb.gz
   gprof-rs attach 4242 --mode stw --stats
+  gprof-rs attach 4242 --blocked-longer-than 10m   leak hunting: who has waited 10 minutes?
   gprof-rs attach -- ./server --port 8080   start it, snapshot it once started, leave it running")]
     Attach(AttachArgs),
     /// Sample every task of a process periodically and write one aggregated profile.
@@ -58,6 +77,16 @@ Examples:
     /// target exits; what was taken is always written, and the target runs on untouched.
     #[command(after_help = RECORD_HELP)]
     Record(RecordArgs),
+    /// A live view of what the tasks of a process are doing, refreshed every second.
+    ///
+    /// The header shows the task count, the tasks by state (running, runnable, and
+    /// what each waits on) and the last snapshot's two pauses; below, the stacks with
+    /// the most tasks, each by its leaf (the function the task is in, or the runtime
+    /// call it waits in) and its first caller outside the runtime. Keys: `q`, Esc or
+    /// Ctrl-C quit. Without a terminal on standard output it prints one plain-text
+    /// view per interval instead (`-n` to stop after N).
+    #[command(after_help = TOP_HELP)]
+    Top(TopArgs),
     /// Run the bundled demo service (thousands of tasks), snapshot it (demo.pb.gz) and
     /// record it for 3 s (demo.svg, a flame graph).
     Demo(DemoArgs),
@@ -91,6 +120,62 @@ runs as it would without gprof-rs. Recording starts as soon as its runtime is up
 ends when it exits (or at --duration/--samples, after which gprof-rs writes the
 profile and waits for CMD). Ctrl-C reaches both; a SIGINT/SIGTERM sent to gprof-rs
 alone is forwarded to CMD.";
+
+const TOP_HELP: &str = "\
+Examples:
+  gprof-rs top 4242                  refresh every second; q to quit
+  gprof-rs top 4242 -i 250ms         refresh four times a second
+  gprof-rs top 4242 -n 1 | less      one plain-text view
+
+Each refresh takes one snapshot: two pauses of the target of tens of microseconds.";
+
+/// `gprof-rs top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Process id of a running program built on target-runtime.
+    #[arg(value_name = "PID")]
+    pub pid: u32,
+
+    /// Time between refreshes, e.g. `1s`, `500ms`, `5s`.
+    #[arg(short = 'i', long, value_name = "DUR", value_parser = parse_duration, default_value = "1s")]
+    pub interval: Duration,
+
+    /// Without a terminal: stop after N views (with a terminal, q quits).
+    #[arg(short = 'n', long, value_name = "N")]
+    pub iterations: Option<u64>,
+
+    /// `concurrent` (default) or `stw`, as for `attach`.
+    #[arg(long, value_enum, default_value_t = ModeArg::Concurrent, value_name = "MODE")]
+    pub mode: ModeArg,
+
+    /// Include the runtime's own system tasks.
+    #[arg(long)]
+    pub system: bool,
+}
+
+impl TopArgs {
+    fn into_config(self) -> Result<TopConfig> {
+        if self.pid == 0 {
+            return Err(Error::Usage("PID must be a positive process id".into()));
+        }
+        if self.interval < Duration::from_millis(10) {
+            return Err(Error::Usage("--interval must be at least 10ms".into()));
+        }
+        if self.iterations == Some(0) {
+            return Err(Error::Usage("--iterations must be above zero".into()));
+        }
+        Ok(TopConfig {
+            pid: self.pid,
+            interval: self.interval,
+            iterations: self.iterations,
+            mode: match self.mode {
+                ModeArg::Concurrent => Mode::Concurrent,
+                ModeArg::Stw => Mode::StopTheWorld,
+            },
+            include_system: self.system,
+        })
+    }
+}
 
 /// `gprof-rs attach`.
 #[derive(Debug, Args)]
@@ -128,6 +213,13 @@ pub struct AttachArgs {
     /// default because every task has them.
     #[arg(long)]
     pub all_frames: bool,
+
+    /// Leak hunting: keep only the tasks that have been waiting (on a channel, a lock,
+    /// a sleep, I/O, ...) for longer than DUR, e.g. `10m`, `1h`, `0s` for every waiting
+    /// task. The text format then shows each group's oldest wait, as
+    /// `# oldest wait: 3m12s (task 42)`.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub blocked_longer_than: Option<Duration>,
 
     /// Instead of a PID: run CMD with its ARGS, wait until its runtime has started,
     /// snapshot it once and leave it running.
@@ -283,6 +375,8 @@ pub enum Command {
     Attach(AttachConfig),
     /// `record`.
     Record(RecordConfig),
+    /// `top`.
+    Top(TopConfig),
     /// `demo`.
     Demo {
         /// Where to write the files.
@@ -305,6 +399,7 @@ impl Cli {
         Ok(match self.command {
             CommandArgs::Attach(a) => Command::Attach(a.into_config(stdout_is_terminal)?),
             CommandArgs::Record(r) => Command::Record(r.into_config(stdout_is_terminal)?),
+            CommandArgs::Top(t) => Command::Top(t.into_config()?),
             CommandArgs::Demo(d) => Command::Demo { out_dir: d.out_dir },
             CommandArgs::DemoService => Command::DemoService,
             CommandArgs::Generate(g) => Command::Generate {
@@ -339,6 +434,7 @@ impl AttachArgs {
             stats: self.stats,
             include_system: self.system,
             all_frames: self.all_frames,
+            blocked_longer_than: self.blocked_longer_than,
             launch,
         })
     }
@@ -543,6 +639,88 @@ mod tests {
         assert_eq!(c.launch, Some(vec!["prog".into(), "a".into()]));
         assert!(parse(&["gprof-rs", "attach"]).is_err());
         assert!(parse(&["gprof-rs", "attach", "0"]).is_err());
+    }
+
+    /// `(code, meaning)` rows of the exit-status table in `--help` (and the man page).
+    fn help_exit_table() -> Vec<(String, String)> {
+        let table = AFTER_HELP.split("Exit status:\n").nth(1).expect("table");
+        table
+            .lines()
+            .map(|l| {
+                let (code, text) = l.trim().split_once(' ').expect("code and text");
+                (code.to_string(), text.trim().to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exit_status_table_matches_the_readme_and_the_error_codes() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("### Exit status")
+            .nth(1)
+            .expect("README section");
+        let rows: Vec<(String, String)> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| "))
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+            .map(|l| {
+                let mut cols = l.trim_end_matches(" |").split(" | ");
+                (
+                    cols.next().unwrap().to_string(),
+                    cols.next().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            help_exit_table(),
+            "README's table and --help's differ"
+        );
+        let codes: Vec<u8> = help_exit_table()
+            .iter()
+            .map(|(c, _)| c.parse().unwrap())
+            .collect();
+        let errors = [
+            Error::Io(std::io::Error::other("x")),
+            Error::Usage("x".into()),
+            Error::ProcessNotFound { pid: 1 },
+            Error::permission(1),
+            Error::NotATarget { pid: 1 },
+            Error::AbiMismatch {
+                found: 1,
+                expected: 2,
+            },
+            Error::ProfilerBusy { owner_pid: 1 },
+            Error::ProcessExited { pid: 1 },
+            Error::bad("x"),
+            Error::Interrupted,
+        ];
+        let mut expected: Vec<u8> = errors.iter().map(Error::exit_code).collect();
+        expected.insert(0, 0);
+        assert_eq!(codes, expected);
+    }
+
+    #[test]
+    fn top_and_blocked_options() {
+        let Command::Top(c) = parse(&["gprof-rs", "top", "7"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!((c.pid, c.interval), (7, Duration::from_secs(1)));
+        let Command::Top(c) = parse(&["gprof-rs", "top", "7", "-i", "250ms", "-n", "3"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(c.interval, Duration::from_millis(250));
+        assert_eq!(c.iterations, Some(3));
+        assert!(parse(&["gprof-rs", "top", "7", "-i", "1ms"]).is_err());
+        assert!(parse(&["gprof-rs", "top", "0"]).is_err());
+        let Command::Attach(c) =
+            parse(&["gprof-rs", "attach", "7", "--blocked-longer-than", "10m"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(c.blocked_longer_than, Some(Duration::from_secs(600)));
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct AttachConfig {
     pub include_system: bool,
     /// Keep the runtime's switch and task-entry frames.
     pub all_frames: bool,
+    /// Keep only tasks waiting at least this long (`--blocked-longer-than`).
+    pub blocked_longer_than: Option<Duration>,
     /// Run this command (program and arguments) and snapshot it once its runtime has
     /// started, instead of attaching to `pid` (which is then 0).
     pub launch: Option<Vec<OsString>>,
@@ -90,4 +92,20 @@ pub struct RecordConfig {
     pub include_system: bool,
     /// Keep the runtime's switch and task-entry frames.
     pub all_frames: bool,
+}
+
+/// `gprof-rs top`.
+#[derive(Debug, Clone)]
+pub struct TopConfig {
+    /// Target pid.
+    pub pid: u32,
+    /// Time between refreshes.
+    pub interval: Duration,
+    /// Snapshot mode.
+    pub mode: Mode,
+    /// Keep system tasks.
+    pub include_system: bool,
+    /// Without a terminal: print this many refreshes, then stop (None: until the
+    /// target exits or a signal).
+    pub iterations: Option<u64>,
 }

@@ -19,4 +19,5 @@ pub mod process;
 pub mod record;
 pub mod snapshot;
 pub mod symbolize;
+pub mod top;
 pub mod unwind;

@@ -148,7 +148,7 @@ pub fn record(
 }
 
 /// Sleep until `deadline`, returning early on SIGINT/SIGTERM.
-fn sleep_until(deadline: Instant) {
+pub(crate) fn sleep_until(deadline: Instant) {
     loop {
         if interrupted() {
             return;
@@ -192,7 +192,7 @@ fn progress_bar(opts: &Options) -> Option<ProgressBar> {
 }
 
 /// Is the (non-child) process `pid` gone? A zombie whose every thread has exited counts.
-fn process_gone(pid: u32) -> bool {
+pub(crate) fn process_gone(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return true;
     };

@@ -3,9 +3,11 @@
 mod attach;
 mod cli_docs;
 mod invariants;
+mod leak;
 mod lease;
 mod output;
 mod process;
 mod record;
 mod switch_cfi;
 mod target;
+mod top;
