@@ -216,15 +216,15 @@ pub unsafe fn init_stack(hi: u64, entry: extern "C" fn(usize) -> !, arg: usize) 
     let sp = hi - 16 - SWITCH_FRAME as u64;
     let words: [u64; 10] = [
         DEFAULT_MXCSR | (DEFAULT_FPUCW << 32),
-        0,                   // r15
-        0,                   // r14
+        0,                     // r15
+        0,                     // r14
         entry as usize as u64, // r13
-        arg as u64,          // r12
-        0,                   // rbx
-        0,                   // rbp
-        task_entry_pc() + 1, // where the restore path jumps: just past the nop
-        0,                   // padding
-        0,                   // padding
+        arg as u64,            // r12
+        0,                     // rbx
+        0,                     // rbp
+        task_entry_pc() + 1,   // where the restore path jumps: just past the nop
+        0,                     // padding
+        0,                     // padding
     ];
     // SAFETY: the caller guarantees the 80 bytes below `hi` are ours to write.
     unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), sp as *mut u64, words.len()) };
