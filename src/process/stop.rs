@@ -705,6 +705,34 @@ fn proc_tgid(pid: u32) -> Option<u32> {
     status_field(pid, pid, "Tgid:")?.parse().ok()
 }
 
+/// Block SIGCHLD in the calling thread, so that [`wait_for_sigchld`] can take it
+/// synchronously. Threads created afterwards inherit the mask.
+fn block_sigchld() {
+    // SAFETY: manipulates the calling thread's signal mask with valid pointers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Wait up to `timeout` for a SIGCHLD (a tracee stopped or a child exited).
+fn wait_for_sigchld(timeout: Duration) {
+    // SAFETY: sigtimedwait with valid pointers to local values; SIGCHLD is blocked in
+    // this thread (Tracer::with_config), so it is taken here rather than delivered.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        libc::sigtimedwait(&set, std::ptr::null_mut(), &ts);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -740,33 +768,5 @@ mod tests {
         let pid = std::process::id();
         assert!(matches!(thread_state(pid, pid), Some('R') | Some('S')));
         assert!(thread_state(pid, u32::MAX).is_none());
-    }
-}
-
-/// Block SIGCHLD in the calling thread, so that [`wait_for_sigchld`] can take it
-/// synchronously. Threads created afterwards inherit the mask.
-fn block_sigchld() {
-    // SAFETY: manipulates the calling thread's signal mask with valid pointers.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
-
-/// Wait up to `timeout` for a SIGCHLD (a tracee stopped or a child exited).
-fn wait_for_sigchld(timeout: Duration) {
-    // SAFETY: sigtimedwait with valid pointers to local values; SIGCHLD is blocked in
-    // this thread (Tracer::with_config), so it is taken here rather than delivered.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: timeout.subsec_nanos() as libc::c_long,
-        };
-        libc::sigtimedwait(&set, std::ptr::null_mut(), &ts);
     }
 }
