@@ -19,7 +19,8 @@
 use crate::error::{Error, Result};
 use crate::locate::{copy_labels, copy_name, Region};
 use crate::model::{
-    ModuleInfo, RecordedBy, Snapshot, SnapshotStats, SpawnSite, Stack, StackTable, TaskRecord,
+    ModuleInfo, RecordedBy, Snapshot, SnapshotStats, SpawnSite, Stack, StackId, StackTable,
+    TaskRecord,
 };
 use crate::process::memory::{pod_from_bytes, LiveMemory, RemoteMemory};
 use crate::process::priority::RealtimeGuard;
@@ -29,6 +30,7 @@ use gprof_abi::{
     prof, session, ArenaRecord, TaskSlot, TaskState, LABELS_CAP, MAX_STACK_COPY, NAME_CAP,
 };
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
@@ -134,15 +136,30 @@ pub struct Session {
     modules: Vec<ModuleInfo>,
 }
 
-/// A task's copied state, before unwinding.
-struct Copy {
+/// A task's copied state, before unwinding: owning its stack bytes, or (`Copy<&[u8]>`)
+/// borrowing them from the walk's batch buffer.
+struct Copy<S = Vec<u8>> {
     slot: SlotCopy,
     ip: u64,
     sp: u64,
     bp: u64,
     base: u64,
-    stack: Vec<u8>,
+    stack: S,
     by: RecordedBy,
+}
+
+impl Copy<&[u8]> {
+    fn into_owned(self) -> Copy {
+        Copy {
+            slot: self.slot,
+            ip: self.ip,
+            sp: self.sp,
+            bp: self.bp,
+            base: self.base,
+            stack: self.stack.to_vec(),
+            by: self.by,
+        }
+    }
 }
 
 impl Session {
@@ -176,9 +193,6 @@ impl Session {
     pub fn snapshot(&mut self, mode: Mode) -> Result<Snapshot> {
         let start = Instant::now();
         let mut stats = SnapshotStats::default();
-        let mut stacks = StackTable::default();
-        let mut tasks = Vec::new();
-        let mut spawn_files = HashMap::new();
         let cb = self.region.control();
         let g = session::generation(cb.session.load(SeqCst)) + 1;
         let slot_cap = self.region.layout().slot_cap;
@@ -225,10 +239,9 @@ impl Session {
                     g,
                     0..hwm(),
                     RecordedBy::StopTheWorld,
-                    &mut copies,
+                    &mut |c| copies.push(c.into_owned()),
                     &mut skipped,
                     &mut stats,
-                    None,
                 )?;
                 stats.recorded_stw = copies.len() as u64;
                 stats.recorded_tool = 0;
@@ -241,42 +254,25 @@ impl Session {
             return Err(Error::Interrupted);
         }
 
+        let mut fin = Finisher::new(stw1_mono, &mut self.unwinder, &self.mem, hwm() as usize);
         if mode == Mode::Concurrent {
             // ---- concurrent walk ----
             let mut skipped = Vec::new();
             for c in std::mem::take(&mut copies) {
-                tasks.push(finish(
-                    c,
-                    stw1_mono,
-                    &mut stacks,
-                    &mut self.unwinder,
-                    &mut spawn_files,
-                    &self.mem,
-                ));
+                fin.add(c);
             }
-            let mut batch = Vec::new();
-            let mut sink = |b: &mut Vec<Copy>| {
-                for c in b.drain(..) {
-                    tasks.push(finish(
-                        c,
-                        stw1_mono,
-                        &mut stacks,
-                        &mut self.unwinder,
-                        &mut spawn_files,
-                        &self.mem,
-                    ));
-                }
-            };
+            // Each batch is unwound straight from the walk's buffer once its tasks are
+            // released.
+            let mut sink = |c: Copy<&[u8]>| fin.add(c);
             walk(
                 &self.region,
                 &self.mem,
                 g,
                 0..hwm(),
                 RecordedBy::Tool,
-                &mut batch,
+                &mut sink,
                 &mut skipped,
                 &mut stats,
-                Some(&mut sink),
             )?;
             // Slots a spawner was still publishing: it is running and decides within
             // nanoseconds whether the task predates STW 1 (abi docs). Wait for the
@@ -308,10 +304,9 @@ impl Session {
                     g,
                     again.into_iter(),
                     RecordedBy::Tool,
-                    &mut batch,
+                    &mut sink,
                     &mut still_unborn,
                     &mut stats,
-                    Some(&mut sink),
                 )?;
             }
 
@@ -333,28 +328,18 @@ impl Session {
             let recs = read_arena(&self.region, g, used)?;
             stats.recorded_runtime = recs.len() as u64;
             for c in recs {
-                tasks.push(finish(
-                    c,
-                    stw1_mono,
-                    &mut stacks,
-                    &mut self.unwinder,
-                    &mut spawn_files,
-                    &self.mem,
-                ));
+                fin.add(c);
             }
         } else {
             for c in copies {
-                tasks.push(finish(
-                    c,
-                    stw1_mono,
-                    &mut stacks,
-                    &mut self.unwinder,
-                    &mut spawn_files,
-                    &self.mem,
-                ));
+                fin.add(c);
             }
         }
-        tasks.sort_by_key(|t| t.id);
+        let Finisher {
+            mut tasks, stacks, ..
+        } = fin;
+        // Unstable: ids are unique, and a stable sort would allocate half the table again.
+        tasks.sort_unstable_by_key(|t| t.id);
         // A task recorded twice would be a protocol bug (DESIGN invariant 1): loud in
         // debug builds and tests, harmless in release.
         debug_assert!(
@@ -528,12 +513,11 @@ fn record_current(
     Ok(())
 }
 
-type Flush<'a> = Option<&'a mut dyn FnMut(&mut Vec<Copy>)>;
-
 /// Walk every slot: take the absent ones, copy them in batches, release them.
 ///
 /// Up to [`BATCH`] tasks are held IN_PROGRESS at once so that their stacks are read
 /// with one `process_vm_readv` into one reused buffer; the hold lasts one system call.
+/// Once a batch is released, `sink` gets each copy, its stack borrowed from that buffer.
 #[allow(clippy::too_many_arguments)]
 fn walk(
     region: &Region,
@@ -541,16 +525,17 @@ fn walk(
     g: u64,
     slots: impl Iterator<Item = u32>,
     by: RecordedBy,
-    out: &mut Vec<Copy>,
+    sink: &mut dyn FnMut(Copy<&[u8]>),
     unborn: &mut Vec<u32>,
     stats: &mut SnapshotStats,
-    mut flush: Flush<'_>,
 ) -> Result<()> {
     let cb = region.control();
     let mut slots = slots;
     let in_progress = prof::pack(g, prof::IN_PROGRESS);
     let satisfied = prof::pack(g, prof::SATISFIED);
     let mut held: Vec<(u32, SlotCopy)> = Vec::with_capacity(BATCH);
+    // Released copies of the current batch: (slot fields, offset and length in `buf`).
+    let mut ready: Vec<(SlotCopy, usize, usize)> = Vec::with_capacity(BATCH);
     let mut buf: Vec<u8> = Vec::new();
     let mut more = true;
     while more || !held.is_empty() {
@@ -603,7 +588,8 @@ fn walk(
         drop(reqs);
         let mut off = 0;
         for (((idx, c), n), got) in held.drain(..).zip(lens).zip(got) {
-            let bytes = &buf[off..off + got.min(n)];
+            let len = got.min(n);
+            let at = off;
             off += n;
             let slot = region.slot(idx).expect("held slot exists");
             if slot
@@ -615,24 +601,24 @@ fn walk(
                 stats.torn += 1;
                 continue;
             }
-            stats.bytes_copied += bytes.len() as u64;
+            stats.bytes_copied += len as u64;
             stats.recorded_tool += 1;
-            out.push(Copy {
-                ip: c.pc,
-                sp: c.sp,
-                bp: c.fp,
-                base: c.sp,
-                stack: bytes.to_vec(),
-                slot: c,
-                by,
-            });
+            ready.push((c, at, len));
         }
         cb.heartbeat.fetch_add(1, Relaxed);
         if interrupted() {
             return Err(Error::Interrupted);
         }
-        if let Some(f) = flush.as_mut() {
-            f(out);
+        for (c, at, len) in ready.drain(..) {
+            sink(Copy {
+                ip: c.pc,
+                sp: c.sp,
+                bp: c.fp,
+                base: c.sp,
+                stack: &buf[at..at + len],
+                slot: c,
+                by,
+            });
         }
     }
     Ok(())
@@ -727,44 +713,113 @@ fn read_arena(region: &Region, g: u64, used: u64) -> Result<Vec<Copy>> {
     Ok(out)
 }
 
-/// Turn a copy into a task record: unwind, intern, decode the metadata.
-fn finish(
-    c: Copy,
+/// Turns copies into task records: unwinds, interns, decodes the metadata. Its scratch
+/// space lives across tasks, so a task whose stack was seen before allocates nothing
+/// for its stack (the unwind goes into one reused buffer, and interning looks the
+/// frames up by a cheap hash before it builds a `Stack`).
+struct Finisher<'a> {
     stw1_mono: u64,
-    stacks: &mut StackTable,
-    unwinder: &mut Unwinder,
-    files: &mut HashMap<(u64, u32), Option<String>>,
-    mem: &LiveMemory,
-) -> TaskRecord {
-    let mut addrs = Vec::new();
-    let end = unwinder.unwind_from(c.ip, c.sp, c.bp, c.base, &c.stack, &mut addrs);
-    let stack = stacks.intern(Stack {
-        addrs,
-        incomplete: !end.is_complete(),
-    });
-    let s = c.slot;
-    let wait_ns = if s.state == TaskState::WAITING && s.wait_since_ns != 0 {
-        stw1_mono.saturating_sub(s.wait_since_ns)
-    } else {
-        0
-    };
-    let file = spawn_file(mem, files, s.file_addr, s.file_len);
-    TaskRecord {
-        id: s.id,
-        name: s.name,
-        state: s.state,
-        wait_reason: s.wait_reason,
-        wait_ns,
-        parent_id: s.parent_id,
-        spawn: SpawnSite {
-            file,
-            line: s.line,
-            pc: s.spawn_pc,
-        },
-        labels: s.labels,
-        system: s.flags & TaskSlot::FLAG_SYSTEM != 0,
-        stack,
-        recorded_by: c.by,
+    unwinder: &'a mut Unwinder,
+    mem: &'a LiveMemory,
+    stacks: StackTable,
+    tasks: Vec<TaskRecord>,
+    files: HashMap<(u64, u32), Option<String>>,
+    /// Frames of the task being finished.
+    addrs: Vec<u64>,
+    /// Interned stacks by [`stack_hash`]; a hit is compared frame by frame.
+    seen: HashMap<u64, StackId, BuildHasherDefault<HashIsKey>>,
+}
+
+impl<'a> Finisher<'a> {
+    fn new(
+        stw1_mono: u64,
+        unwinder: &'a mut Unwinder,
+        mem: &'a LiveMemory,
+        tasks_hint: usize,
+    ) -> Finisher<'a> {
+        Finisher {
+            stw1_mono,
+            unwinder,
+            mem,
+            stacks: StackTable::default(),
+            // A hint read from the target: a capacity, never trusted beyond it.
+            tasks: Vec::with_capacity(tasks_hint.min(1 << 22)),
+            files: HashMap::new(),
+            addrs: Vec::with_capacity(64),
+            seen: HashMap::default(),
+        }
+    }
+
+    fn add<S: AsRef<[u8]>>(&mut self, c: Copy<S>) {
+        let end =
+            self.unwinder
+                .unwind_from(c.ip, c.sp, c.bp, c.base, c.stack.as_ref(), &mut self.addrs);
+        let incomplete = !end.is_complete();
+        let h = stack_hash(&self.addrs, incomplete);
+        let known = self.seen.get(&h).copied().filter(|&id| {
+            let s = self.stacks.get(id);
+            s.incomplete == incomplete && s.addrs == self.addrs
+        });
+        let stack = known.unwrap_or_else(|| {
+            let id = self.stacks.intern(Stack {
+                addrs: self.addrs.clone(),
+                incomplete,
+            });
+            self.seen.insert(h, id);
+            id
+        });
+        let s = c.slot;
+        let wait_ns = if s.state == TaskState::WAITING && s.wait_since_ns != 0 {
+            self.stw1_mono.saturating_sub(s.wait_since_ns)
+        } else {
+            0
+        };
+        let file = spawn_file(self.mem, &mut self.files, s.file_addr, s.file_len);
+        self.tasks.push(TaskRecord {
+            id: s.id,
+            name: s.name,
+            state: s.state,
+            wait_reason: s.wait_reason,
+            wait_ns,
+            parent_id: s.parent_id,
+            spawn: SpawnSite {
+                file,
+                line: s.line,
+                pc: s.spawn_pc,
+            },
+            labels: s.labels,
+            system: s.flags & TaskSlot::FLAG_SYSTEM != 0,
+            stack,
+            recorded_by: c.by,
+        });
+    }
+}
+
+/// FxHash-style hash of a stack's frames (a lookup key only: hits are verified).
+fn stack_hash(addrs: &[u64], incomplete: bool) -> u64 {
+    const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+    let mut h = u64::from(incomplete);
+    for &a in addrs {
+        h = (h.rotate_left(5) ^ a).wrapping_mul(K);
+    }
+    h
+}
+
+/// Hasher for keys that already are hashes.
+#[derive(Default)]
+struct HashIsKey(u64);
+
+impl std::hash::Hasher for HashIsKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
