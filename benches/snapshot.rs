@@ -200,7 +200,7 @@ struct Sample {
     snap_ms: f64,
     /// Tool: peak RSS (rusage; includes the target's task table, mapped shared).
     rss_kb: f64,
-    /// Tool: peak RssAnon (private memory), sampled every millisecond.
+    /// Tool: peak RssAnon (private memory), sampled every 10 ms.
     anon_kb: f64,
     bytes_copied: f64,
     tasks: f64,
@@ -242,7 +242,8 @@ fn run_tool(o: &Opts, pid: u32, stw: bool) -> Sample {
                 }) {
                     max = max.max(kb);
                 }
-                std::thread::sleep(Duration::from_millis(1));
+                // Not faster: a poller that wakes often disturbs the probe it measures.
+                std::thread::sleep(Duration::from_millis(10));
             }
             max
         })

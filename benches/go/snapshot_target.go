@@ -15,7 +15,7 @@
 // command line on stdin:
 //
 //	wake     the probe (and busy goroutines) start spinning; gap reset      -> ok
-//	sleep    they stop spinning (sleep in 1 ms steps)                      -> ok
+//	sleep    they stop spinning (sleep in 10 ms steps)                      -> ok
 //	reset    forget the largest gap                                        -> ok
 //	gap?     the largest gap in ns since the last reset                    -> N
 //	profile  reset; pprof.Lookup("goroutine").WriteTo(FILE, 0); read the gap
@@ -109,7 +109,7 @@ func now() int64 { return int64(time.Since(start)) }
 func probe() {
 	for {
 		if atomic.LoadInt32(&awake) == 0 {
-			time.Sleep(time.Millisecond)
+			time.Sleep(10 * time.Millisecond)
 			continue
 		}
 		last := now()
@@ -137,7 +137,7 @@ func busyLeaf() {
 	x := uint64(0)
 	for {
 		if atomic.LoadInt32(&awake) == 0 {
-			time.Sleep(time.Millisecond)
+			time.Sleep(10 * time.Millisecond)
 			continue
 		}
 		t := now()

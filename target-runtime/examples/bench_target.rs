@@ -18,7 +18,7 @@
 //! own table), then reads commands on stdin, one per line, each answered with one line:
 //!
 //! * `wake`: the probe (and busy tasks) start spinning; the gap is reset. `ok`
-//! * `sleep`: they stop spinning (sleep in 1 ms steps), so that another target on the
+//! * `sleep`: they stop spinning (sleep in 10 ms steps), so that another target on the
 //!   same machine can be measured without competing for the CPUs. `ok`
 //! * `reset`: forget the largest gap. `ok`
 //! * `gap?`: `<largest gap> <largest gap inside a profile session> <session changes>`:
@@ -148,7 +148,7 @@ fn probe() {
     let cb = target_runtime::__private::control().expect("runtime region");
     loop {
         if !AWAKE.load(Relaxed) {
-            target_runtime::sleep(Duration::from_millis(1));
+            target_runtime::sleep(Duration::from_millis(10));
             continue;
         }
         let mut last = ticks();
@@ -194,7 +194,7 @@ fn busy_leaf() -> u64 {
     let mut x = 0u64;
     loop {
         if !AWAKE.load(Relaxed) {
-            target_runtime::sleep(Duration::from_millis(1));
+            target_runtime::sleep(Duration::from_millis(10));
             continue;
         }
         // ~20 µs, on the TSC for the same reason as the probe.
