@@ -48,7 +48,7 @@ complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -l format -d '
 flamegraph\t'Flame graph SVG'
 folded\t'Collapsed stacks, one `root;...;leaf count` line each'
 speedscope\t'speedscope JSON'"
-complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -s r -l rate -d 'Snapshots per second [default: 20]. Each snapshot pauses the target twice for tens of microseconds; walking thousands of tasks takes milliseconds, so rates above ~100 Hz rarely pay off' -r
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -s r -l rate -d 'Snapshots per second [default: 20]. Each snapshot pauses the target twice for a fraction of a millisecond; walking thousands of tasks takes milliseconds, so rates above ~100 Hz rarely pay off' -r
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -s i -l interval -d 'Time between snapshots instead of --rate, e.g. `50ms`, `1s`, `2m`' -r
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -s d -l duration -d 'Stop after this long, e.g. `10s`, `500ms`, `2m`, `1h` (a bare number is seconds). Without --duration or --samples, record until Ctrl-C or until the target exits' -r
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -s n -l samples -d 'Stop after N snapshots' -r

@@ -56,7 +56,7 @@ pub struct Cli {
 pub enum CommandArgs {
     /// Take one consistent snapshot of every task of a running process.
     ///
-    /// The target is stopped twice, for tens of microseconds each time, whatever its
+    /// The target is stopped twice, for a fraction of a millisecond each time, whatever its
     /// number of tasks; the tasks are recorded while it runs.
     #[command(after_help = "\
 Examples:
@@ -127,7 +127,7 @@ Examples:
   gprof-rs top 4242 -i 250ms         refresh four times a second
   gprof-rs top 4242 -n 1 | less      one plain-text view
 
-Each refresh takes one snapshot: two pauses of the target of tens of microseconds.";
+Each refresh takes one snapshot: two pauses of the target, each a fraction of a millisecond.";
 
 /// `gprof-rs top`.
 #[derive(Debug, Args)]
@@ -248,7 +248,7 @@ pub struct RecordArgs {
     pub format: Option<RecordFormatArg>,
 
     /// Snapshots per second [default: 20]. Each snapshot pauses the target twice for
-    /// tens of microseconds; walking thousands of tasks takes milliseconds, so rates
+    /// a fraction of a millisecond; walking thousands of tasks takes milliseconds, so rates
     /// above ~100 Hz rarely pay off.
     #[arg(short = 'r', long, value_name = "HZ", conflicts_with = "interval")]
     pub rate: Option<f64>,
