@@ -31,13 +31,25 @@ pub(crate) enum Barrier {
 pub(crate) fn before_run(task: &Task) -> Barrier {
     let region = region::get();
     let cb = region.control();
-    let s = cb.session.load(Acquire);
-    if !session::is_active(s) {
-        return Barrier::Run;
-    }
-    note_session(cb);
-    let g = session::generation(s);
     let slot = task.slot();
+    'session: loop {
+        let s = cb.session.load(Acquire);
+        if !session::is_active(s) {
+            return Barrier::Run;
+        }
+        note_session(cb);
+        match barrier(cb, task, slot, s) {
+            Some(b) => return b,
+            // The session ended while the task was held: look at the new session word.
+            None => continue 'session,
+        }
+    }
+}
+
+/// [`before_run`] for the active session `s`; `None` when `s` ended (aborted, or a
+/// newer session began) while the task was held.
+fn barrier(cb: &ControlBlock, task: &Task, slot: &TaskSlot, s: u64) -> Option<Barrier> {
+    let g = session::generation(s);
     loop {
         let p = slot.prof.load(Acquire);
         if prof::is_absent_for(p, g) {
@@ -56,7 +68,7 @@ pub(crate) fn before_run(task: &Task) -> Barrier {
                 cb.self_recorded.fetch_add(1, Relaxed);
                 let done = prof::pack(g, prof::SATISFIED);
                 let _ = slot.prof.compare_exchange(held, done, Release, Relaxed);
-                return Barrier::Run;
+                return Some(Barrier::Run);
             }
             // No room: give it back to the profiler, which walks every slot.
             if slot
@@ -64,16 +76,29 @@ pub(crate) fn before_run(task: &Task) -> Barrier {
                 .compare_exchange(held, p, Release, Relaxed)
                 .is_err()
             {
-                return Barrier::Run;
+                return Some(Barrier::Run);
             }
             cb.arena_full.fetch_add(1, Relaxed);
-            return Barrier::Deferred;
+            return Some(Barrier::Deferred);
         }
         if prof::generation(p) == g && prof::state(p) == prof::IN_PROGRESS {
             wait_for_profiler(cb, slot, s);
+            if cb.session.load(Acquire) != s {
+                // Session `s` was aborted (its profiler died, or overran its cap) or
+                // has ended while the task was still held: the word will never move
+                // again. Take the task back (TORN: a profiler still copying it discards
+                // its copy), then follow the current session word. Without this the
+                // scheduler spun here forever: the slot stays IN_PROGRESS(g), and
+                // `wait_for_profiler` returns at once because the session changed.
+                let held = prof::pack(g, prof::IN_PROGRESS);
+                let _ =
+                    slot.prof
+                        .compare_exchange(held, prof::pack(g, prof::TORN), SeqCst, Relaxed);
+                return None;
+            }
             continue;
         }
-        return Barrier::Run;
+        return Some(Barrier::Run);
     }
 }
 
