@@ -92,18 +92,35 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(SeqCst)
 }
 
-/// Test hook (`GPROF_FAILPOINT=<name>`): at the named point the tool announces itself on
-/// stderr and stalls until SIGINT/SIGTERM (or SIGKILL) arrives, so the reliability tests
-/// can interrupt or kill it at a known moment. Points: `after-stw1` (session active, no
-/// task held), `mid-walk` (a batch of tasks held IN_PROGRESS).
+/// Test hook (`GPROF_FAILPOINT=<name>[:<ms>|:stdin]`): the first time the tool reaches
+/// the named point it announces itself on stderr (`gprof-rs: failpoint <name>`) and
+/// stalls until SIGINT/SIGTERM (or SIGKILL) arrives; with `:<ms>`, for that many
+/// milliseconds and then goes on; with `:stdin`, until a line or the end of standard
+/// input, then goes on. The reliability tests use it to interrupt or kill the tool, or
+/// kill the target under it, at a known moment. Points, in snapshot order:
+/// `in-stw1` (every thread stopped, session active, running tasks recorded),
+/// `after-stw1` (target running, session active, no task held), `mid-walk` (a batch of
+/// tasks held IN_PROGRESS), `before-stw2` (walk done, nothing held, session active),
+/// `in-stw2` (every thread stopped, session no longer active).
 fn failpoint(name: &str) {
-    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let point = POINT.get_or_init(|| std::env::var("GPROF_FAILPOINT").ok());
-    if point.as_deref() != Some(name) {
+    static POINT: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    let point = POINT.get_or_init(|| {
+        let v = std::env::var("GPROF_FAILPOINT").ok()?;
+        let (n, arg) = v.split_once(':').unwrap_or((&v, ""));
+        Some((n.to_string(), arg.to_string()))
+    });
+    let Some((point, arg)) = point else { return };
+    if point != name || FIRED.swap(true, SeqCst) {
         return;
     }
     eprintln!("gprof-rs: failpoint {name}");
-    let until = Instant::now() + Duration::from_secs(60);
+    if arg == "stdin" {
+        let _ = std::io::stdin().read_line(&mut String::new());
+        return;
+    }
+    let ms: Option<u64> = arg.parse().ok();
+    let until = Instant::now() + ms.map_or(Duration::from_secs(60), Duration::from_millis);
     while !interrupted() && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -179,6 +196,36 @@ impl Session {
         })
     }
 
+    /// [`Session::attach`]; while another profiler holds the target's lease, try again
+    /// every 10 ms for at most `wait` (`--wait`), saying so once on stderr. `None`, or a
+    /// lease still held at the end, gives [`Error::ProfilerBusy`]. SIGINT/SIGTERM end
+    /// the wait ([`Error::Interrupted`]).
+    pub fn attach_waiting(pid: u32, wait: Option<Duration>) -> Result<Session> {
+        let until = wait.map(|w| Instant::now() + w);
+        let mut said = false;
+        loop {
+            match Session::attach(pid) {
+                Err(Error::ProfilerBusy { owner_pid })
+                    if until.is_some_and(|u| Instant::now() < u) =>
+                {
+                    if !said {
+                        said = true;
+                        let w = wait.unwrap_or_default();
+                        eprintln!(
+                            "gprof-rs: another profiler (pid {owner_pid}) is active on PID {pid}; waiting up to {:.1} s for it to finish (--wait)",
+                            w.as_secs_f64()
+                        );
+                    }
+                    if interrupted() {
+                        return Err(Error::Interrupted);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Target pid.
     pub fn pid(&self) -> u32 {
         self.pid
@@ -246,6 +293,7 @@ impl Session {
                 stats.recorded_stw = copies.len() as u64;
                 stats.recorded_tool = 0;
             }
+            failpoint("in-stw1");
             let resumed = stop.resume();
             stats.stw1_ns = (resumed - t.first_interrupt).as_nanos() as u64;
         }
@@ -310,6 +358,11 @@ impl Session {
                 )?;
             }
 
+            failpoint("before-stw2");
+            if interrupted() {
+                return Err(Error::Interrupted);
+            }
+
             // ---- STW 2 ----
             let used;
             {
@@ -318,6 +371,7 @@ impl Session {
                 let t = stop.timings();
                 cb.session.store(session::pack(g, 0), SeqCst);
                 used = arena_bytes(cb.arena_used.load(Acquire), g);
+                failpoint("in-stw2");
                 let resumed = stop.resume();
                 stats.stw2_ns = (resumed - t.first_interrupt).as_nanos() as u64;
             }
@@ -656,27 +710,45 @@ fn arena_bytes(word: u64, g: u64) -> u64 {
 
 /// Records the runtime wrote itself, bounded and validated.
 fn read_arena(region: &Region, g: u64, used: u64) -> Result<Vec<Copy>> {
-    let used = used.min(region.arena_len());
+    parse_arena(
+        &mut |off, buf| region.read_arena(off, buf),
+        &|slot| region.slot(slot).map(|s| s.prof.load(Acquire)),
+        g,
+        used.min(region.arena_len()),
+        ARENA_WAIT,
+    )
+}
+
+/// [`read_arena`] over any source of arena bytes (`read`) and profile words of slots
+/// (`prof_of`), waiting at most `wait` in all for records that look unfinished.
+fn parse_arena(
+    read: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
+    prof_of: &dyn Fn(u32) -> Option<u64>,
+    g: u64,
+    used: u64,
+    wait: Duration,
+) -> Result<Vec<Copy>> {
     let mut out = Vec::new();
     let mut off = 0u64;
     let hdr = ArenaRecord::STACK_OFFSET;
     let mut head = vec![0u8; hdr as usize];
+    // A runtime thread may still be writing a record it reserved just before STW 2: it
+    // is running again and finishes within microseconds. One bounded wait for the whole
+    // arena, not one per record: a dead or hostile target can leave any number of
+    // records looking unfinished (that cost 50 ms per record, seconds in all).
+    let t = Instant::now();
     while off + hdr <= used {
-        // A runtime thread may still be writing a record it reserved just before STW 2:
-        // it is running again and finishes within microseconds. Give it a bounded wait.
-        let t = Instant::now();
         let rec = loop {
-            region.read_arena(off, &mut head)?;
+            read(off, &mut head)?;
             let rec: ArenaRecord = pod_from_bytes(&head).expect("sized");
             // Complete once its task is no longer held for the record's generation (a
             // record of an older session is a late write by a thread that was held up
             // across that session's STW 2; it is skipped below).
             let complete = rec.generation != 0
                 && rec.generation <= g
-                && region.slot(rec.slot).is_some_and(|s| {
-                    s.prof.load(Acquire) != prof::pack(rec.generation, prof::IN_PROGRESS)
-                });
-            if complete || t.elapsed() > ARENA_WAIT {
+                && prof_of(rec.slot)
+                    .is_some_and(|p| p != prof::pack(rec.generation, prof::IN_PROGRESS));
+            if complete || t.elapsed() > wait {
                 break rec;
             }
             std::thread::yield_now();
@@ -698,7 +770,7 @@ fn read_arena(region: &Region, g: u64, used: u64) -> Result<Vec<Copy>> {
         let slot_copy: TaskSlot =
             pod_from_bytes(&head[ArenaRecord::SLOT_OFFSET as usize..]).expect("sized");
         let mut stack = vec![0u8; rec.stack_len as usize];
-        region.read_arena(off + hdr, &mut stack)?;
+        read(off + hdr, &mut stack)?;
         out.push(Copy {
             slot: SlotCopy::load(&slot_copy),
             ip: rec.pc,
@@ -860,4 +932,40 @@ fn spawn_file(
                 .map(|_| String::from_utf8_lossy(&buf).into_owned())
         })
         .clone()
+}
+
+/// Fuzzing entry point (`fuzz/fuzz_targets/abi_parse.rs`, and `crate::fuzzing`'s
+/// deterministic test): `slot` as a task slot of the target, `arena` as the runtime's
+/// arena of session `g` with `used` bytes. Decoding hostile bytes must never panic,
+/// allocate beyond the caps, or wait. Returns the number of arena records accepted.
+#[doc(hidden)]
+pub fn fuzz_slot_and_arena(slot: &[u8], arena: &[u8], g: u64, used: u64) -> usize {
+    if let Some(s) = pod_from_bytes::<TaskSlot>(slot) {
+        let c = SlotCopy::load(&s);
+        assert!(c.live_len() <= MAX_STACK_COPY);
+        assert!(c.name.as_ref().is_none_or(|n| n.len() <= 3 * NAME_CAP));
+    }
+    let len = arena.len() as u64;
+    let mut read = |off: u64, buf: &mut [u8]| -> Result<()> {
+        let end = off.checked_add(buf.len() as u64).filter(|&e| e <= len);
+        match end {
+            Some(e) => {
+                buf.copy_from_slice(&arena[off as usize..e as usize]);
+                Ok(())
+            }
+            None => Err(Error::bad("outside the arena")),
+        }
+    };
+    // Every slot held by its writer, so every record looks unfinished: the wait is
+    // bounded by the budget (zero here), not by the number of records.
+    let held = |_slot: u32| Some(prof::pack(g, prof::IN_PROGRESS));
+    match parse_arena(&mut read, &held, g, used.min(len), Duration::ZERO) {
+        Ok(recs) => {
+            for r in &recs {
+                assert!(r.stack.len() as u64 <= MAX_STACK_COPY);
+            }
+            recs.len()
+        }
+        Err(_) => 0,
+    }
 }
