@@ -79,7 +79,7 @@ _gprof__rs() {
             return 0
             ;;
         gprof__subcmd__rs__subcmd__attach)
-            opts="-o -h --output --format --mode --stats --system --all-frames --blocked-longer-than --help"
+            opts="-o -h --output --format --mode --stats --system --all-frames --blocked-longer-than --wait --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -102,6 +102,10 @@ _gprof__rs() {
                     return 0
                     ;;
                 --blocked-longer-than)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -279,7 +283,7 @@ _gprof__rs() {
             return 0
             ;;
         gprof__subcmd__rs__subcmd__record)
-            opts="-o -r -i -d -n -h --output --format --rate --interval --duration --samples --mode --system --all-frames --help"
+            opts="-o -r -i -d -n -h --output --format --rate --interval --duration --samples --mode --system --all-frames --wait --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -331,6 +335,10 @@ _gprof__rs() {
                     ;;
                 --mode)
                     COMPREPLY=($(compgen -W "concurrent stw" -- "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

@@ -39,6 +39,7 @@ tasks\t'One block per task (Go\'s debug=2)'"
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l mode -d '`concurrent`: two short stops, tasks recorded while the target runs (default). `stw`: everything inside one stop, like Go\'s old synchronous profile; the pause then grows with the number of tasks' -r -f -a "concurrent\t'Two short stops; tasks recorded while the target runs'
 stw\t'One stop for the whole snapshot'"
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l blocked-longer-than -d 'Leak hunting: keep only the tasks that have been waiting (on a channel, a lock, a sleep, I/O, ...) for longer than DUR, e.g. `10m`, `1h`, `0s` for every waiting task. The text format then shows each group\'s oldest wait, as `# oldest wait: 3m12s (task 42)`' -r
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l wait -d 'If another profiler is attached to the target, wait for it to finish (at most DUR; 10s if no DUR is given) instead of failing with exit status 7. Give it after the PID, or as `--wait=DUR`' -r
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l stats -d 'Print the pause lengths, task counts and bytes copied to standard error'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l system -d 'Include the runtime\'s own system tasks'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l all-frames -d 'Keep the runtime\'s context-switch and task-entry frames, which are hidden by default because every task has them'
@@ -54,6 +55,7 @@ complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -s d -l durati
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -s n -l samples -d 'Stop after N snapshots' -r
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -l mode -d '`concurrent`: two short stops per snapshot, tasks recorded while the target runs (default). `stw`: each snapshot inside one stop that grows with the task count' -r -f -a "concurrent\t'Two short stops; tasks recorded while the target runs'
 stw\t'One stop for the whole snapshot'"
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -l wait -d 'If another profiler is attached to the target, wait for it to finish (at most DUR; 10s if no DUR is given) instead of failing with exit status 7. Give it after the PID, or as `--wait=DUR`' -r
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -l system -d 'Include the runtime\'s own system tasks'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -l all-frames -d 'Keep the runtime\'s context-switch and task-entry frames (hidden by default)'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand record" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -30,7 +30,7 @@ pub fn run(cmd: Command) -> Result<()> {
 pub fn attach(c: &AttachConfig) -> Result<()> {
     crate::snapshot::install_interrupt_handler();
     let (pid, mut session) = match &c.launch {
-        None => (c.pid, Session::attach(c.pid)?),
+        None => (c.pid, Session::attach_waiting(c.pid, c.wait)?),
         Some(cmd) => {
             use crate::record::launch;
             let mut l = launch::spawn(cmd)?;

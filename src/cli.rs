@@ -221,6 +221,12 @@ pub struct AttachArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub blocked_longer_than: Option<Duration>,
 
+    /// If another profiler is attached to the target, wait for it to finish (at most
+    /// DUR; 10s if no DUR is given) instead of failing with exit status 7. Give it
+    /// after the PID, or as `--wait=DUR`.
+    #[arg(long, value_name = "DUR", num_args = 0..=1, default_missing_value = "10s", value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+
     /// Instead of a PID: run CMD with its ARGS, wait until its runtime has started,
     /// snapshot it once and leave it running.
     #[arg(last = true, value_name = "CMD", conflicts_with = "pid")]
@@ -278,6 +284,12 @@ pub struct RecordArgs {
     /// Keep the runtime's context-switch and task-entry frames (hidden by default).
     #[arg(long)]
     pub all_frames: bool,
+
+    /// If another profiler is attached to the target, wait for it to finish (at most
+    /// DUR; 10s if no DUR is given) instead of failing with exit status 7. Give it
+    /// after the PID, or as `--wait=DUR`.
+    #[arg(long, value_name = "DUR", num_args = 0..=1, default_missing_value = "10s", value_parser = parse_duration)]
+    pub wait: Option<Duration>,
 
     /// Instead of a PID: run CMD with its ARGS and record it from the moment its runtime
     /// starts until it exits (or a limit, or Ctrl-C).
@@ -435,6 +447,7 @@ impl AttachArgs {
             include_system: self.system,
             all_frames: self.all_frames,
             blocked_longer_than: self.blocked_longer_than,
+            wait: self.wait,
             launch,
         })
     }
@@ -532,6 +545,7 @@ impl RecordArgs {
             },
             include_system: self.system,
             all_frames: self.all_frames,
+            wait: self.wait,
         })
     }
 }
@@ -699,6 +713,29 @@ mod tests {
         let mut expected: Vec<u8> = errors.iter().map(Error::exit_code).collect();
         expected.insert(0, 0);
         assert_eq!(codes, expected);
+    }
+
+    #[test]
+    fn wait_takes_an_optional_duration() {
+        let wait = |args: &[&str]| match parse(args).unwrap() {
+            Command::Attach(c) => c.wait,
+            Command::Record(c) => c.wait,
+            _ => panic!(),
+        };
+        assert_eq!(wait(&["gprof-rs", "attach", "7"]), None);
+        assert_eq!(
+            wait(&["gprof-rs", "attach", "7", "--wait"]),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            wait(&["gprof-rs", "attach", "7", "--wait", "30s"]),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            wait(&["gprof-rs", "record", "7", "-o", "x.svg", "--wait=250ms"]),
+            Some(Duration::from_millis(250))
+        );
+        assert!(parse(&["gprof-rs", "attach", "7", "--wait", "soon"]).is_err());
     }
 
     #[test]

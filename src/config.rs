@@ -44,6 +44,8 @@ pub struct AttachConfig {
     pub all_frames: bool,
     /// Keep only tasks waiting at least this long (`--blocked-longer-than`).
     pub blocked_longer_than: Option<Duration>,
+    /// Wait at most this long for another profiler to finish (`--wait`).
+    pub wait: Option<Duration>,
     /// Run this command (program and arguments) and snapshot it once its runtime has
     /// started, instead of attaching to `pid` (which is then 0).
     pub launch: Option<Vec<OsString>>,
@@ -92,6 +94,8 @@ pub struct RecordConfig {
     pub include_system: bool,
     /// Keep the runtime's switch and task-entry frames.
     pub all_frames: bool,
+    /// Wait at most this long for another profiler to finish (`--wait`).
+    pub wait: Option<Duration>,
 }
 
 /// `gprof-rs top`.

@@ -218,7 +218,7 @@ pub fn run(c: &RecordConfig) -> Result<()> {
     };
     let attached = match (&c.target, &launched) {
         (_, Some(l)) => launch::attach_when_started(l, launch::START_TIMEOUT),
-        (Target::Pid(pid), None) => Session::attach(*pid),
+        (Target::Pid(pid), None) => Session::attach_waiting(*pid, c.wait),
         (Target::Launch(_), None) => unreachable!("launched above"),
     };
     let mut session = match attached {
