@@ -6,7 +6,12 @@
 //! ```text
 //! fake_target [--variant NAME] [--churn] [--vfork] [--leader-exit]
 //!   variants: ok (default), bad-magic, future-abi, absurd-slot-cap, absurd-offset,
-//!             unmapped-region, not-started, unsealed, fd-not-open
+//!             unmapped-region, not-started, unsealed, fd-not-open, hostile-stacks
+//!   hostile-stacks: a valid region whose tasks 4..=11 are garbage (see
+//!             `hostile_slots`): random stack bytes, a return-address loop, a
+//!             frame-pointer cycle, absurd or inverted stack bounds, an unmapped
+//!             stack, out-of-range lengths and enum values; slot_hwm and worker_count
+//!             far beyond their caps, worker records naming absurd slots
 //!   --churn   one more thread creates and joins threads in a loop
 //!   --vfork   one more thread spends nearly all its time in uninterruptible sleep
 //!             (`D`): a vfork-style child shares its memory and sleeps 1 s, in a loop
@@ -26,7 +31,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use gprof_abi::{
     ControlBlock, Descriptor, TaskSlot, TaskState, WaitReason, WorkerRecord, ABI_VERSION,
-    CONTROL_SIZE, WORKER_CAP,
+    CONTROL_SIZE, LABELS_CAP, NAME_CAP, WORKER_CAP,
 };
 
 /// The exported descriptor. `static mut` so hostile variants can corrupt its plain
@@ -268,6 +273,9 @@ fn main() {
     shared.control().next_task_id.store(4, Ordering::Release);
     shared.control().live_tasks.store(3, Ordering::Release);
     shared.register_worker(0);
+    if variant == "hostile-stacks" {
+        hostile_slots(&shared);
+    }
     let shared: &'static Shared = Box::leak(Box::new(shared));
 
     // Publish: length and fd first, then the address (release), as the ABI docs say.
@@ -371,6 +379,16 @@ fn main() {
     for _ in 0..nthreads {
         ready_rx.recv().unwrap();
     }
+    if variant == "hostile-stacks" {
+        let cb = shared.control();
+        // Counts far beyond the caps; worker records naming a slot past the table, a
+        // garbage task (with a thread whose registers are elsewhere), and nothing.
+        cb.slot_hwm.store(u64::MAX, Ordering::Release);
+        cb.worker_count.store(1_000_000_000, Ordering::Release);
+        shared.worker(0).current.store(u64::MAX, Ordering::Release);
+        shared.worker(1).current.store(4, Ordering::Release);
+        shared.worker(2).current.store(7 + 1, Ordering::Release);
+    }
 
     let mut out = std::io::stdout();
     writeln!(out, "READY {}", std::process::id()).unwrap();
@@ -385,6 +403,89 @@ fn main() {
         unsafe { libc::syscall(libc::SYS_exit, 0) };
     }
     serve_stdin();
+}
+
+/// Fill slots 3..=10 (task ids 4..=11) with hostile data for the unwinder and the
+/// slot decoder. Every stack lives in leaked heap memory of this process.
+fn hostile_slots(shared: &Shared) {
+    const LEN: usize = 64 << 10;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let stack = |fill: &mut dyn FnMut(usize) -> u64| -> (u64, u64) {
+        let words: Vec<u64> = (0..LEN / 8).map(&mut *fill).collect();
+        let lo = Box::leak(words.into_boxed_slice()).as_ptr() as u64;
+        (lo, lo + LEN as u64)
+    };
+    // An address inside this program's code, which has CFI.
+    let code = main as fn() as usize as u64 + 16;
+    // (lo, hi, sp, pc, fp) per hostile task.
+    let mut tasks: Vec<(u64, u64, u64, u64, u64)> = Vec::new();
+    // 4: random bytes, random registers.
+    let (lo, hi) = stack(&mut |_| rand());
+    tasks.push((lo, hi, lo + 1024, rand(), rand()));
+    // 5: random bytes, a real pc.
+    let (lo, hi) = stack(&mut |_| rand());
+    tasks.push((lo, hi, lo + 1024, code, rand()));
+    // 6: every word a return address into the same function: a CFI walk that repeats
+    // one frame until the copy or the frame cap ends it.
+    let (lo, hi) = stack(&mut |_| code);
+    tasks.push((lo, hi, lo + 64, code, 0));
+    // 7: a frame-pointer cycle: [fp] = fp, [fp + 8] = a pc without CFI.
+    let mut base = 0u64;
+    let (lo, hi) = stack(&mut |i| if i % 2 == 0 { base } else { 0x1234 });
+    base = lo + 256;
+    // SAFETY: rewriting the even words of the leaked stack just made, in bounds.
+    unsafe {
+        for i in (0..LEN / 8).step_by(2) {
+            *((lo as *mut u64).add(i)) = base;
+        }
+    }
+    tasks.push((lo, hi, base, 0x1234, base));
+    // 8: absurd bounds; 9: inverted bounds; 10: an unmapped stack.
+    tasks.push((0, u64::MAX, 0x7fff_0000_0000, code, 0));
+    tasks.push((0x2000, 0x1000, 0x1800, code, 0));
+    tasks.push((0x10000, 0x20000, 0x18000, code, 0x18010));
+    // 11: a valid empty stack with out-of-range everything else.
+    tasks.push((lo, hi, hi - 8, code, 0));
+    for (k, &(lo, hi, sp, pc, fp)) in tasks.iter().enumerate() {
+        let i = 3 + k as u32;
+        let s = shared.slot(i);
+        // SAFETY: slot i < 64 lies inside the mapping; no reader until READY.
+        unsafe {
+            (*s).stack_lo.store(lo, Ordering::Relaxed);
+            (*s).stack_hi.store(hi, Ordering::Relaxed);
+            (*s).saved.sp.store(sp, Ordering::Relaxed);
+            (*s).saved.pc.store(pc, Ordering::Relaxed);
+            (*s).saved.fp.store(fp, Ordering::Relaxed);
+            (*s).state.store(TaskState::WAITING, Ordering::Relaxed);
+            (*s).wait_reason
+                .store(WaitReason::CHAN_RECV, Ordering::Relaxed);
+            if k == 7 {
+                (*s).name_len.store(u32::MAX, Ordering::Relaxed);
+                (*s).labels_len.store(u32::MAX, Ordering::Relaxed);
+                std::ptr::write_bytes(addr_of_mut!((*s).name).cast::<u8>(), 0xff, NAME_CAP);
+                std::ptr::write_bytes(addr_of_mut!((*s).labels).cast::<u8>(), b'x', LABELS_CAP);
+                (*s).spawn_file_addr.store(rand(), Ordering::Relaxed);
+                (*s).spawn_file_len.store(u32::MAX, Ordering::Relaxed);
+                (*s).spawn_pc.store(rand(), Ordering::Relaxed);
+                (*s).state.store(99, Ordering::Relaxed);
+                (*s).wait_reason.store(12345, Ordering::Relaxed);
+                (*s).wait_since_ns.store(u64::MAX, Ordering::Relaxed);
+                (*s).flags.store(u32::MAX, Ordering::Relaxed);
+                (*s).parent_id.store(u64::MAX, Ordering::Relaxed);
+            }
+            (*s).prof.store(
+                gprof_abi::prof::pack(0, gprof_abi::prof::ABSENT),
+                Ordering::Relaxed,
+            );
+            (*s).task_id.store(u64::from(i) + 1, Ordering::SeqCst);
+        }
+    }
 }
 
 fn serve_stdin() {

@@ -245,6 +245,24 @@ fn check_snapshot(
 
 #[test]
 fn churn_every_task_alive_at_stw1_appears_once_with_its_stw1_stack() {
+    churn(None);
+}
+
+/// The same checks for 30 s of back-to-back snapshots (`GPROF_CHURN_SECS`; .ci/run runs
+/// it for a shorter time).
+#[test]
+#[ignore = "30 s; run with --ignored (GPROF_CHURN_SECS to change the duration)"]
+fn churn_for_30s_every_task_alive_at_stw1_appears_once_with_its_stw1_stack() {
+    let secs = std::env::var("GPROF_CHURN_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    churn(Some(std::time::Duration::from_secs(secs)));
+}
+
+/// 36 snapshots, or as many as `duration` allows (at least 36).
+fn churn(duration: Option<std::time::Duration>) {
+    let t0 = std::time::Instant::now();
     let mut t = Target::start(
         "churn",
         &[
@@ -260,7 +278,8 @@ fn churn_every_task_alive_at_stw1_appears_once_with_its_stw1_stack() {
     );
     let mut session = Session::attach(t.pid).expect("attach");
     let mut snaps = Vec::new();
-    for i in 0..36 {
+    let mut i = 0;
+    while i < 36 || duration.is_some_and(|d| t0.elapsed() < d) {
         let mode = if i % 6 == 5 {
             Mode::StopTheWorld
         } else {
@@ -270,6 +289,7 @@ fn churn_every_task_alive_at_stw1_appears_once_with_its_stw1_stack() {
             .snapshot(mode)
             .unwrap_or_else(|e| panic!("snapshot #{i} ({mode:?}): {e}"));
         snaps.push((mode, snap));
+        i += 1;
     }
     drop(session);
     let dump = read_dump(&mut t);

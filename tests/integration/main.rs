@@ -8,6 +8,7 @@ mod lease;
 mod output;
 mod process;
 mod record;
+mod reliability;
 mod switch_cfi;
 mod target;
 mod top;
