@@ -38,6 +38,11 @@ pub struct ProcFiles {
 
 impl FileSource for ProcFiles {
     fn read(&mut self, module: &ModuleInfo) -> io::Result<Vec<u8>> {
+        if module.path == "[vdso]" {
+            // The vDSO has no file: its whole ELF image (with the .eh_frame a thread
+            // stopped inside clock_gettime needs) is the mapping itself.
+            return read_vdso(self.pid, module);
+        }
         let candidates = [
             PathBuf::from(format!(
                 "/proc/{}/map_files/{:x}-{:x}",
@@ -59,6 +64,27 @@ impl FileSource for ProcFiles {
         }
         Err(last)
     }
+}
+
+/// Largest vDSO image read from a target (it is two pages on x86_64 Linux).
+const MAX_VDSO: u64 = 1 << 20;
+
+/// Read the target's `[vdso]` mapping, a complete ELF image, out of its memory.
+fn read_vdso(pid: u32, module: &ModuleInfo) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let len = module.end.saturating_sub(module.start);
+    if len == 0 || len > MAX_VDSO {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "implausible [vdso] size",
+        ));
+    }
+    // Through a live thread: a zombie leader has no memory to read (locate::proc_dir).
+    let (dir, _) = crate::locate::proc_dir(pid);
+    let mem = std::fs::File::open(format!("{dir}/mem"))?;
+    let mut buf = vec![0u8; len as usize];
+    mem.read_exact_at(&mut buf, module.start)?;
+    Ok(buf)
 }
 
 /// Reads `ModuleInfo::path` as a path of this process (tests, and targets sharing our root).
@@ -208,6 +234,40 @@ pub fn parse_proc_maps(text: &str) -> Vec<ModuleInfo> {
 
 #[cfg(test)]
 mod tests {
+    use object::{Object, ObjectSection};
+
+    /// A task stopped inside `clock_gettime` is in the vDSO, which has no file: its
+    /// image, with the CFI the unwinder needs, is read out of the target's memory.
+    #[test]
+    fn the_vdso_image_is_read_from_memory() {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let line = maps
+            .lines()
+            .find(|l| l.ends_with("[vdso]"))
+            .expect("a [vdso] mapping");
+        let (start, end) = line
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .split_once('-')
+            .unwrap();
+        let vdso = crate::model::ModuleInfo {
+            start: u64::from_str_radix(start, 16).unwrap(),
+            end: u64::from_str_radix(end, 16).unwrap(),
+            file_offset: 0,
+            path: "[vdso]".into(),
+            build_id: None,
+        };
+        let bytes = super::ProcFiles {
+            pid: std::process::id(),
+        }
+        .read(&vdso)
+        .unwrap();
+        assert_eq!(&bytes[..4], b"\x7fELF");
+        let obj = object::File::parse(&*bytes).unwrap();
+        assert!(obj.section_by_name(".eh_frame").is_some());
+    }
+
     use super::*;
 
     #[test]
