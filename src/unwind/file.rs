@@ -234,7 +234,7 @@ pub fn parse_proc_maps(text: &str) -> Vec<ModuleInfo> {
 
 #[cfg(test)]
 mod tests {
-    use object::{Object, ObjectSection};
+    use object::Object;
 
     /// A task stopped inside `clock_gettime` is in the vDSO, which has no file: its
     /// image, with the CFI the unwinder needs, is read out of the target's memory.
