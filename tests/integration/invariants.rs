@@ -453,7 +453,12 @@ fn blocked_syscalls_see_no_eintr_and_timers_are_exact_over_200_snapshots() {
         0,
         "a sigtimedwait ended before its deadline: {c:?}"
     );
-    assert!(get("epoll_waits") > 0 && get("sig_waits") > 0, "{c:?}");
+    // Waits completed (the target announced READY only after one of each); a
+    // sigtimedwait usually ends with a signal (one is queued about every millisecond).
+    assert!(
+        get("epoll_waits") > 0 && get("sig_waits") + get("sig_received") > 0,
+        "{c:?}"
+    );
     // Signals: none lost, none duplicated.
     assert_eq!(get("sig_other"), 0, "{c:?}");
     assert!(get("sig_sent") > 0, "{c:?}");
