@@ -29,6 +29,15 @@ pub(crate) enum Barrier {
 
 /// The profile barrier. See the module docs.
 pub(crate) fn before_run(task: &Task) -> Barrier {
+    let b = before_run_inner(task);
+    if b == Barrier::Run {
+        // A deferral episode (see `barrier`) ends when the task runs.
+        task.held_since_ns.store(0, Relaxed);
+    }
+    b
+}
+
+fn before_run_inner(task: &Task) -> Barrier {
     let region = region::get();
     let cb = region.control();
     let slot = task.slot();
@@ -82,6 +91,20 @@ fn barrier(cb: &ControlBlock, task: &Task, slot: &TaskSlot, s: u64) -> Option<Ba
             return Some(Barrier::Deferred);
         }
         if prof::generation(p) == g && prof::state(p) == prof::IN_PROGRESS {
+            // The profiler is copying this task (it holds a batch for one read). Run
+            // something else first instead of spinning: on a machine with few cores a
+            // spinning worker takes the CPU the profiler needs to finish. Only a hold
+            // that outlasts HOLD_SPIN goes to the bounded wait, which checks the lease.
+            let now = crate::timer::coarse_now_ns();
+            let since = task.held_since_ns.load(Relaxed);
+            if since == 0 {
+                task.held_since_ns.store(now, Relaxed);
+                return Some(Barrier::Deferred);
+            }
+            if now.saturating_sub(since) < HOLD_SPIN.as_nanos() as u64 {
+                return Some(Barrier::Deferred);
+            }
+            task.held_since_ns.store(0, Relaxed);
             wait_for_profiler(cb, slot, s);
             if cb.session.load(Acquire) != s {
                 // Session `s` was aborted (its profiler died, or overran its cap) or

@@ -44,6 +44,9 @@ pub(crate) struct Task {
     pub shared: Arc<Shared>,
     pub run_state: AtomicU32,
     pub park_token: AtomicU64,
+    /// When the profile barrier first found this task held by the profiler and ran
+    /// another task instead (coarse clock, ns; 0 = not deferred).
+    pub held_since_ns: AtomicU64,
     owned: UnsafeCell<Owned>,
 }
 
@@ -338,6 +341,7 @@ pub(crate) fn create(
         shared: shared.clone(),
         run_state: AtomicU32::new(run_state::RUNNABLE),
         park_token: AtomicU64::new(0),
+        held_since_ns: AtomicU64::new(0),
         owned: UnsafeCell::new(Owned {
             stack: Some(stack),
             entry: Some(entry),
