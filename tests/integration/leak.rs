@@ -16,20 +16,8 @@
 use crate::target::{gprof_rs, Target};
 use std::time::{Duration, Instant};
 
-/// 20 receivers, 10 sleepers, 5 on a mutex, 4 labelled receivers, and main: 40 tasks,
-/// every one of them waiting.
-const FIXTURE: &[&str] = &[
-    "--workers",
-    "2",
-    "--recv",
-    "20",
-    "--sleep",
-    "10",
-    "--mutex",
-    "5",
-    "--labeled",
-    "4",
-];
+/// The shared 40-task fixture population (see `target::SMALL_FIXTURE`).
+const FIXTURE: &[&str] = crate::target::SMALL_FIXTURE;
 
 /// The early groups: (the fixture function that names the group, task count).
 const EARLY: &[(&str, u64)] = &[

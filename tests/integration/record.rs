@@ -15,20 +15,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// 20 receivers, 10 sleepers, 5 on a mutex, 4 labelled receivers, and main: 40 tasks,
-/// none of which changes state while the fixture waits for its input.
-const FIXTURE: &[&str] = &[
-    "--workers",
-    "2",
-    "--recv",
-    "20",
-    "--sleep",
-    "10",
-    "--mutex",
-    "5",
-    "--labeled",
-    "4",
-];
+/// The shared 40-task fixture population (see `target::SMALL_FIXTURE`).
+const FIXTURE: &[&str] = crate::target::SMALL_FIXTURE;
 const TASKS: i64 = 20 + 10 + 5 + 4 + 1;
 
 fn temp_path(name: &str) -> PathBuf {

@@ -107,3 +107,19 @@ impl Drop for Target {
 pub fn gprof_rs() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gprof-rs"))
 }
+
+/// The small fixture population several tests share: 20 receivers, 10 sleepers, 5 tasks
+/// on a mutex, 4 labelled receivers and main (in a blocking read of its stdin): 40 tasks,
+/// none of which changes state while the fixture waits for its input.
+pub const SMALL_FIXTURE: &[&str] = &[
+    "--workers",
+    "2",
+    "--recv",
+    "20",
+    "--sleep",
+    "10",
+    "--mutex",
+    "5",
+    "--labeled",
+    "4",
+];

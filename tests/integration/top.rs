@@ -12,20 +12,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// 20 receivers, 10 sleepers, 5 on a mutex, 4 labelled receivers, and main (in a
-/// blocking read of its stdin): 40 tasks, none of which changes state while it waits.
-const FIXTURE: &[&str] = &[
-    "--workers",
-    "2",
-    "--recv",
-    "20",
-    "--sleep",
-    "10",
-    "--mutex",
-    "5",
-    "--labeled",
-    "4",
-];
+/// The shared 40-task fixture population (see `target::SMALL_FIXTURE`).
+const FIXTURE: &[&str] = crate::target::SMALL_FIXTURE;
 
 /// The fixture's tasks by state, as top's second line shows them.
 const STATES: &str =
