@@ -51,12 +51,6 @@ impl Waiter {
         }
         true
     }
-
-    /// Id of the task this waiter wakes.
-    #[allow(dead_code)]
-    pub(crate) fn task_id(&self) -> u64 {
-        self.task.id
-    }
 }
 
 /// A waiter for the next park of the calling task. Waiters from earlier parks go stale.
