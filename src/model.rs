@@ -50,8 +50,9 @@ impl StackTable {
 /// Where a task was spawned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpawnSite {
-    /// Source file of the `spawn` call (from `#[track_caller]`), if readable.
-    pub file: Option<String>,
+    /// Source file of the `spawn` call (from `#[track_caller]`), if readable. Shared:
+    /// thousands of tasks come from one spawn site.
+    pub file: Option<std::sync::Arc<str>>,
     /// Line of the `spawn` call.
     pub line: u32,
     /// An address inside the function that called `spawn` (0 if unknown).

@@ -2,13 +2,13 @@
 //! outside the process through the shared region and ptrace.
 //!
 //! ```text
-//! STW 1   ptrace-stop every thread                                   O(threads)
+//! STW 1   ptrace-stop every worker thread                            O(workers)
 //!         session = g | ACTIVE; record the task each worker names as current
 //!         resume
 //! walk    for each slot: CAS absent -> IN_PROGRESS(g), copy registers and stack,
 //!         CAS -> SATISFIED(g); unwind the copy after the task is released
 //!         (meanwhile the runtime records tasks itself before it resumes them)
-//! STW 2   ptrace-stop; session = g (ACTIVE cleared); resume              O(threads)
+//! STW 2   ptrace-stop workers; session = g (ACTIVE cleared); resume      O(workers)
 //! after   read the runtime's arena records; unwind them
 //! ```
 //!
@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How to take a snapshot.
@@ -251,12 +252,13 @@ impl Session {
         let mut _active = None;
         let stw1_mono;
         {
+            let workers = worker_tids(&self.region);
             let _rt = RealtimeGuard::raise();
-            let stop = self.tracer.stop_world(Instant::now() + STOP_DEADLINE)?;
+            let mut stop = self
+                .tracer
+                .stop_threads(&workers, Instant::now() + STOP_DEADLINE)?;
             let t = stop.timings();
-            stats.threads = stop.threads().len() as u32;
             stw1_mono = mono_ns();
-            stats.id_cutoff = cb.next_task_id.load(SeqCst);
             stats.generation = g;
             cb.owner_pid.store(u64::from(std::process::id()), Relaxed);
             cb.heartbeat.store(0, Relaxed);
@@ -272,10 +274,26 @@ impl Session {
                 0
             };
             cb.session.store(session::pack(g, flags), SeqCst);
+            // After the session store: a task whose id is at or past the cutoff was
+            // given its id after this store, so its spawner (stopped or not) sees the
+            // session and marks it newer than STW 1 (abi docs, "Task creation").
+            stats.id_cutoff = cb.next_task_id.load(SeqCst);
             _active = Some(ActiveGuard {
                 cb,
                 word: session::pack(g, flags),
             });
+            // A worker that published its TID after we read the list was not stopped.
+            // It publishes before it runs any task and then reads the session word (a
+            // SeqCst store then load, as ours: Dekker), so either it sees this session
+            // and passes the barrier like everyone, or we see it here and stop it too.
+            let late: Vec<u32> = worker_tids(&self.region)
+                .into_iter()
+                .filter(|t| !workers.contains(t))
+                .collect();
+            if !late.is_empty() {
+                stop.extend(&late, Instant::now() + STOP_DEADLINE)?;
+            }
+            stats.threads = stop.threads().len() as u32;
             record_current(&self.region, &self.mem, stop.threads(), g, &mut copies)?;
             stats.recorded_stw = copies.len() as u64;
             if mode == Mode::StopTheWorld {
@@ -366,8 +384,11 @@ impl Session {
             // ---- STW 2 ----
             let used;
             {
+                let workers = worker_tids(&self.region);
                 let _rt = RealtimeGuard::raise();
-                let stop = self.tracer.stop_world(Instant::now() + STOP_DEADLINE)?;
+                let stop = self
+                    .tracer
+                    .stop_threads(&workers, Instant::now() + STOP_DEADLINE)?;
                 let t = stop.timings();
                 cb.session.store(session::pack(g, 0), SeqCst);
                 used = arena_bytes(cb.arena_used.load(Acquire), g);
@@ -494,6 +515,22 @@ fn stack_span(s: &TaskSlot) -> Option<(u64, u64)> {
     let lo = s.stack_lo.load(Relaxed);
     let hi = s.stack_hi.load(Relaxed);
     (lo < hi && hi - lo <= MAX_STACK_SPAN).then_some((lo, hi))
+}
+
+/// TIDs of the runtime's worker threads, the threads a stop must hold (see
+/// [`Tracer::stop_threads`]). Untrusted: the tracer checks that each is a thread of
+/// the target before seizing it.
+fn worker_tids(region: &Region) -> Vec<u32> {
+    let n = region
+        .control()
+        .worker_count
+        .load(SeqCst)
+        .min(gprof_abi::WORKER_CAP);
+    (0..n)
+        .filter_map(|w| region.worker(w))
+        .map(|rec| rec.tid.load(SeqCst))
+        .filter(|&tid| tid != 0)
+        .collect()
 }
 
 /// STW 1: tasks that workers are running or about to run.
@@ -795,7 +832,7 @@ struct Finisher<'a> {
     mem: &'a LiveMemory,
     stacks: StackTable,
     tasks: Vec<TaskRecord>,
-    files: HashMap<(u64, u32), Option<String>>,
+    files: HashMap<(u64, u32), Option<Arc<str>>>,
     /// Frames of the task being finished.
     addrs: Vec<u64>,
     /// Interned stacks by [`stack_hash`]; a hit is compared frame by frame.
@@ -916,10 +953,10 @@ const MAX_FILE_NAME: u32 = 4096;
 /// The spawn site's file name (a `&'static str` in the target), read once per address.
 fn spawn_file(
     mem: &LiveMemory,
-    cache: &mut HashMap<(u64, u32), Option<String>>,
+    cache: &mut HashMap<(u64, u32), Option<Arc<str>>>,
     addr: u64,
     len: u32,
-) -> Option<String> {
+) -> Option<Arc<str>> {
     if addr == 0 || len == 0 || len > MAX_FILE_NAME {
         return None;
     }
@@ -929,7 +966,7 @@ fn spawn_file(
             let mut buf = vec![0u8; len as usize];
             mem.read(addr, &mut buf)
                 .ok()
-                .map(|_| String::from_utf8_lossy(&buf).into_owned())
+                .map(|_| Arc::from(String::from_utf8_lossy(&buf)))
         })
         .clone()
 }

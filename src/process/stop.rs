@@ -164,6 +164,15 @@ enum Poll {
     Exited,
 }
 
+/// Which threads a stop holds.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// Every thread in `/proc/PID/task`, rescanned until stable.
+    All,
+    /// These TIDs (those that are threads of the target), no scans.
+    Only(&'a [u32]),
+}
+
 /// The ptrace side of a profiling session. See the module docs.
 #[derive(Debug)]
 pub struct Tracer {
@@ -264,6 +273,26 @@ impl Tracer {
     /// §2.6), but their registers are unknown. Dropping the returned guard resumes
     /// every thread.
     pub fn stop_world(&mut self, deadline: Instant) -> Result<WorldStop<'_>> {
+        self.stop(Scope::All, deadline)
+    }
+
+    /// Stop only the threads `tids` of the target (its runtime's workers), with the same
+    /// guarantees as [`Tracer::stop_world`] for each, and none of its `/proc/PID/task`
+    /// scans: the pause is O(listed threads). Other threads run on. A listed TID that is
+    /// not (or no longer) a thread of the target is skipped, never seized: the list
+    /// comes from the target's memory and is untrusted.
+    ///
+    /// Go's stop-the-world works the same way: it stops every P (the right to run Go
+    /// code), not every OS thread; threads in system calls or C code keep running and
+    /// must acquire a P to touch Go state. Here a worker thread is the only kind of
+    /// thread that runs task code or switches stacks (`target-runtime/src/sched.rs`);
+    /// the timer thread, `blocking` helpers and the program's own threads only wake or
+    /// spawn tasks, through the same atomics the profile barrier orders.
+    pub fn stop_threads(&mut self, tids: &[u32], deadline: Instant) -> Result<WorldStop<'_>> {
+        self.stop(Scope::Only(tids), deadline)
+    }
+
+    fn stop(&mut self, scope: Scope<'_>, deadline: Instant) -> Result<WorldStop<'_>> {
         let begin = Instant::now();
         let mut held = Held::default();
         // Lagging threads from an earlier stop are still seized: wait for them again.
@@ -271,7 +300,7 @@ impl Tracer {
             held.known.insert(tid);
             held.pending.push(tid);
         }
-        match self.stop_inner(deadline, &mut held) {
+        match self.stop_inner(scope, deadline, &mut held) {
             Ok((threads, rounds, settled)) => {
                 let stopped = Instant::now();
                 let timings = StopTimings {
@@ -304,6 +333,7 @@ impl Tracer {
 
     fn stop_inner(
         &mut self,
+        scope: Scope<'_>,
         deadline: Instant,
         held: &mut Held,
     ) -> Result<(Vec<StoppedThread>, u32, bool)> {
@@ -316,7 +346,24 @@ impl Tracer {
         for &tid in &held.pending {
             let _ = ptrace::interrupt(Pid::from_raw(tid as i32));
         }
-        while rounds < self.config.max_rounds {
+        if let Scope::Only(tids) = scope {
+            rounds = 1;
+            settled = true;
+            let new: Vec<u32> = tids
+                .iter()
+                .copied()
+                .filter(|&t| held.known.insert(t) && is_thread_of(pid, t))
+                .collect();
+            let mut seized = Vec::with_capacity(new.len());
+            for tid in new {
+                if self.seize(tid, false)? {
+                    seized.push(tid);
+                }
+            }
+            self.interrupt_all(seized, held)?;
+            self.wait_pending(held, deadline);
+        }
+        while matches!(scope, Scope::All) && rounds < self.config.max_rounds {
             rounds += 1;
             let tids = list_threads(pid)?;
             let new: Vec<u32> = tids
@@ -338,33 +385,18 @@ impl Tracer {
             let mut seized = Vec::with_capacity(new.len());
             for tid in new {
                 held.known.insert(tid);
-                if self.seize(tid)? {
+                if self.seize(tid, true)? {
                     seized.push(tid);
                 }
             }
             // ...then interrupt them back to back.
-            for tid in seized {
-                match ptrace::interrupt(Pid::from_raw(tid as i32)) {
-                    Ok(()) => {
-                        held.first_interrupt.get_or_insert_with(Instant::now);
-                        held.pending.push(tid);
-                    }
-                    // ESRCH: gone between SEIZE and INTERRUPT (reliability.md §2.3 item 4).
-                    Err(Errno::ESRCH) => reap(pid, tid),
-                    Err(e) => {
-                        return Err(Error::Ptrace {
-                            op: "INTERRUPT",
-                            tid,
-                            source: e.into(),
-                        })
-                    }
-                }
-            }
+            self.interrupt_all(seized, held)?;
             self.wait_pending(held, deadline);
         }
         // Only a stop that caught nothing needs to ask whether the process is still there
         // (a readdir inside the pause otherwise).
         if held.stopped.is_empty()
+            && (matches!(scope, Scope::All) || !held.known.is_empty())
             && (list_threads(pid).is_err() || held.unstopped.is_empty() && !pid_alive(pid))
         {
             return Err(Error::ProcessExited { pid });
@@ -402,13 +434,17 @@ impl Tracer {
 
     /// `PTRACE_SEIZE` one thread. `Ok(true)` = seized (or already ours), `Ok(false)` =
     /// gone or a zombie, `Err` = permission.
-    fn seize(&self, tid: u32) -> Result<bool> {
-        // TRACECLONE: clones of a seized thread are attached at birth and start in
-        // PTRACE_EVENT_STOP (ptrace(2), PTRACE_O_TRACECLONE; delve addThread).
+    fn seize(&self, tid: u32, trace_clone: bool) -> Result<bool> {
+        // TRACECLONE (whole-process stops only): clones of a seized thread are attached
+        // at birth and start in PTRACE_EVENT_STOP (ptrace(2), PTRACE_O_TRACECLONE; delve
+        // addThread). A stop of listed threads leaves clones alone: they are not workers.
         // TRACEEXEC: an execve shows up as PTRACE_EVENT_EXEC instead of a SIGTRAP that
         // re-injecting would turn into a crash (ptrace(2), "execve(2) under ptrace").
         // Never EXITKILL (reliability.md §0.1).
-        let opts = ptrace::Options::PTRACE_O_TRACECLONE | ptrace::Options::PTRACE_O_TRACEEXEC;
+        let mut opts = ptrace::Options::PTRACE_O_TRACEEXEC;
+        if trace_clone {
+            opts |= ptrace::Options::PTRACE_O_TRACECLONE;
+        }
         match ptrace::seize(Pid::from_raw(tid as i32), opts) {
             Ok(()) => Ok(true),
             Err(Errno::ESRCH) => Ok(false),
@@ -434,6 +470,29 @@ impl Tracer {
                 source: e.into(),
             }),
         }
+    }
+
+    /// `PTRACE_INTERRUPT` freshly seized threads back to back; the pause starts at the
+    /// first one.
+    fn interrupt_all(&self, seized: Vec<u32>, held: &mut Held) -> Result<()> {
+        for tid in seized {
+            match ptrace::interrupt(Pid::from_raw(tid as i32)) {
+                Ok(()) => {
+                    held.first_interrupt.get_or_insert_with(Instant::now);
+                    held.pending.push(tid);
+                }
+                // ESRCH: gone between SEIZE and INTERRUPT (reliability.md §2.3 item 4).
+                Err(Errno::ESRCH) => reap(self.pid, tid),
+                Err(e) => {
+                    return Err(Error::Ptrace {
+                        op: "INTERRUPT",
+                        tid,
+                        source: e.into(),
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Wait until every pending thread has stopped, exited, or the deadline passed.
@@ -550,6 +609,35 @@ impl WorldStop<'_> {
     pub fn pid(&self) -> u32 {
         self.tracer.pid
     }
+
+    /// Also stop those of `tids` that this stop does not hold yet (a worker that started
+    /// after the list was read). Inside the pause, so only for the rare late thread.
+    pub fn extend(&mut self, tids: &[u32], deadline: Instant) -> Result<()> {
+        let mut held = Held::default();
+        held.known.extend(self.threads.iter().map(|t| t.tid));
+        held.known.extend(self.unstopped.iter().copied());
+        match self
+            .tracer
+            .stop_inner(Scope::Only(tids), deadline, &mut held)
+        {
+            Ok((threads, _, _)) => {
+                self.threads.extend(threads);
+                self.threads.sort_by_key(|t| t.tid);
+                self.unstopped.append(&mut held.unstopped);
+                if held.exec_seen {
+                    return Err(Error::TargetExeced {
+                        pid: self.tracer.pid,
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.tracer.release(&mut held);
+                Err(e)
+            }
+        }
+    }
+
     /// Resume every thread now; returns the instant the last thread was released.
     pub fn resume(mut self) -> Instant {
         self.resume_inner()
@@ -663,6 +751,14 @@ fn list_threads(pid: u32) -> Result<Vec<u32>> {
         }
     }
     Ok(out)
+}
+
+/// Is `tid` a thread of process `pid`? (A TID read from the target's memory could name
+/// any process on the machine.)
+fn is_thread_of(pid: u32, tid: u32) -> bool {
+    tid != 0
+        && tid <= i32::MAX as u32
+        && std::fs::metadata(format!("/proc/{pid}/task/{tid}")).is_ok()
 }
 
 fn pid_alive(pid: u32) -> bool {

@@ -238,6 +238,10 @@ impl Region {
         w.current.store(0, SeqCst);
         w.status.store(WorkerRecord::ACTIVE, SeqCst);
         w.tid.store(tid, SeqCst);
+        // The profiler stops only threads whose TID it finds here (abi docs, step 1):
+        // order this store before every later load of the session word, which the
+        // profile barrier makes with Relaxed ordering.
+        std::sync::atomic::fence(SeqCst);
         Some(i)
     }
 

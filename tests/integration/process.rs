@@ -328,6 +328,41 @@ fn stop_world_200_times_without_eintr() {
 }
 
 #[test]
+fn stop_threads_holds_only_the_listed_threads() {
+    let fake = Fake::variant("ok");
+    let pid = fake.pid;
+    let all = threads_of(pid);
+    let listed = vec![all[1], all[3]];
+    // Untrusted input: a TID of some other process (this test's) must never be seized.
+    let outsider = std::process::id();
+    let mut tracer = Tracer::new(pid).unwrap();
+    for _ in 0..20 {
+        let mut ask = listed.clone();
+        ask.push(outsider);
+        ask.push(0);
+        let stop = tracer.stop_threads(&ask, deadline()).unwrap();
+        let tids: Vec<u32> = stop.threads().iter().map(|t| t.tid).collect();
+        assert_eq!(tids, listed);
+        assert!(stop.unstopped().is_empty());
+        let tm = stop.timings();
+        assert!(tm.settled && tm.rounds == 1, "no /proc scans: {tm:?}");
+        for &t in &all {
+            let st = thread_state(pid, t);
+            if listed.contains(&t) {
+                assert_eq!(st, Some('t'), "listed thread {t} is ptrace-stopped");
+            } else {
+                assert_ne!(st, Some('t'), "unlisted thread {t} was stopped");
+            }
+        }
+        stop.resume();
+    }
+    drop(tracer);
+    assert_eq!(tracer_pid(pid), 0);
+    let (eintr, _) = fake.finish();
+    assert_eq!(eintr, 0, "blocked read/futex/nanosleep saw EINTR");
+}
+
+#[test]
 fn thread_churn_still_stops_completely() {
     let fake = Fake::start(&["--churn"]);
     let pid = fake.pid;

@@ -39,8 +39,13 @@
 //! runtime thread that loaded the session word before a later STW 1 must not take a task
 //! that session already recorded.
 //!
-//! 1. STW 1 (the profiler has ptrace-stopped every thread): the profiler stores
-//!    `session = g | ACTIVE`, resets `arena_used`, and records itself every task that a
+//! 1. STW 1 (the profiler has ptrace-stopped every worker thread, i.e. every thread
+//!    whose TID a [`WorkerRecord`] holds: only workers run tasks): the profiler stores
+//!    `session = g | ACTIVE` (SeqCst), then reads `next_task_id` (the id cutoff) and the
+//!    worker records again, and stops any worker it had not stopped. A worker publishes
+//!    its TID (SeqCst store, then a SeqCst fence) before it runs a task, so either the
+//!    profiler sees and stops it, or the worker sees the session. The profiler resets
+//!    `arena_used`, and records itself every task that a
 //!    worker record names as current (from ptrace registers if the thread's stack pointer
 //!    is inside that task's stack, otherwise from the slot's saved registers), marking
 //!    each `SATISFIED(g)`.
@@ -51,8 +56,8 @@
 //!    does the same first CAS; when it wins it copies the task into the arena
 //!    ([`ArenaRecord`]) and stores `SATISFIED(g)` with release ordering. When it finds
 //!    `IN_PROGRESS(g)` it waits, bounded by the lease.
-//! 3. STW 2: the profiler stores `session = g` (ACTIVE cleared), reads `arena_used` and
-//!    the arena, and detaches.
+//! 3. STW 2 (workers stopped again): the profiler stores `session = g` (ACTIVE
+//!    cleared), reads `arena_used` and the arena, and detaches.
 //!
 //! Task creation: the spawner writes the slot with `prof = UNBORN`, then publishes
 //! `task_id` (SeqCst), then loads `session` (SeqCst) and CASes `prof` from `UNBORN` to
