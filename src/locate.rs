@@ -824,6 +824,22 @@ impl Region {
         Some(unsafe { &*self.base.as_ptr().add(off as usize).cast::<TaskSlot>() })
     }
 
+    /// The task slot copy at `offset` in the arena (an [`gprof_abi::ArenaRecord`]'s),
+    /// read in place; `None` if it is outside the arena or misaligned (a malformed
+    /// record).
+    pub fn arena_slot(&self, offset: u64) -> Option<&TaskSlot> {
+        let size = size_of::<TaskSlot>() as u64;
+        let end = offset.checked_add(size)?;
+        let at = self.layout.arena_off.checked_add(offset)?;
+        if end > self.layout.arena_len || at % std::mem::align_of::<TaskSlot>() as u64 != 0 {
+            return None;
+        }
+        // SAFETY: [arena_off + offset, + size) lies inside the mapping (validated layout
+        // and the check above) and is aligned for TaskSlot. As in `slot`, TaskSlot is
+        // atomics plus byte arrays read only through `copy_name`/`copy_labels`.
+        Some(unsafe { &*self.base.as_ptr().add(at as usize).cast::<TaskSlot>() })
+    }
+
     /// Length of the arena.
     pub fn arena_len(&self) -> u64 {
         self.layout.arena_len

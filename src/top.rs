@@ -361,7 +361,10 @@ impl Refresher {
 /// `gprof-rs top`.
 pub fn run(c: &TopConfig) -> Result<()> {
     crate::snapshot::install_interrupt_handler();
-    let session = Session::attach(c.pid)?;
+    let mut session = Session::attach(c.pid)?;
+    session.set_walk_delay(crate::record::walk_delay(c.interval));
+    session.set_unordered(true);
+    crate::record::retain_freed_memory();
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", c.pid)).unwrap_or_default();
     let mut r = Refresher {
         session,

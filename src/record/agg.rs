@@ -7,8 +7,9 @@
 //! (stack, labels), where the labels are its own plus `state` (`running`, `runnable` or
 //! its wait reason, e.g. `chan receive`).
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use gprof_abi::{TaskState, WaitReason};
 
@@ -86,9 +87,12 @@ pub struct Recording {
     /// Sum of STW 1 + STW 2 over all snapshots, nanoseconds.
     pub pause_total_ns: u64,
     label_sets: Vec<Vec<(String, String)>>,
-    label_index: HashMap<Vec<(String, String)>, LabelSetId>,
-    counts: HashMap<(StackId, LabelSetId), Counts>,
-    seen: HashSet<u64>,
+    label_index: FxHashMap<Vec<(String, String)>, LabelSetId>,
+    /// The label set of an unlabelled task, by (state, wait reason): most tasks, and
+    /// no allocation per task.
+    state_sets: FxHashMap<(u32, u32), LabelSetId>,
+    counts: FxHashMap<(StackId, LabelSetId), Counts>,
+    seen: FxHashSet<u64>,
 }
 
 impl Recording {
@@ -106,9 +110,10 @@ impl Recording {
             pause_max_ns: 0,
             pause_total_ns: 0,
             label_sets: Vec::new(),
-            label_index: HashMap::new(),
-            counts: HashMap::new(),
-            seen: HashSet::new(),
+            label_index: FxHashMap::default(),
+            state_sets: FxHashMap::default(),
+            counts: FxHashMap::default(),
+            seen: FxHashSet::default(),
         }
     }
 
@@ -139,21 +144,17 @@ impl Recording {
                 }
                 id
             });
-            let mut labels: Vec<(String, String)> = Vec::with_capacity(t.labels.len() + 1);
-            labels.push((
-                STATE_LABEL.to_string(),
-                state_label(t.state, t.wait_reason).to_string(),
-            ));
-            labels.extend(t.labels.iter().cloned());
-            labels.sort();
-            let set = match self.label_index.get(&labels) {
-                Some(&id) => id,
-                None => {
-                    let id = self.label_sets.len() as LabelSetId;
-                    self.label_sets.push(labels.clone());
-                    self.label_index.insert(labels, id);
-                    id
+            let set = if t.labels.is_empty() {
+                match self.state_sets.get(&(t.state, t.wait_reason)) {
+                    Some(&id) => id,
+                    None => {
+                        let id = self.label_set(t.state, t.wait_reason, &[]);
+                        self.state_sets.insert((t.state, t.wait_reason), id);
+                        id
+                    }
                 }
+            } else {
+                self.label_set(t.state, t.wait_reason, &t.labels)
             };
             let c = self.counts.entry((stack, set)).or_default();
             c.samples += 1;
@@ -161,6 +162,31 @@ impl Recording {
         }
         self.tasks_last = tasks;
         added
+    }
+
+    /// The id of the label set made of `labels` and the `state` label.
+    fn label_set(
+        &mut self,
+        state: u32,
+        wait_reason: u32,
+        labels: &[(String, String)],
+    ) -> LabelSetId {
+        let mut set: Vec<(String, String)> = Vec::with_capacity(labels.len() + 1);
+        set.push((
+            STATE_LABEL.to_string(),
+            state_label(state, wait_reason).to_string(),
+        ));
+        set.extend(labels.iter().cloned());
+        set.sort();
+        match self.label_index.get(&set) {
+            Some(&id) => id,
+            None => {
+                let id = self.label_sets.len() as LabelSetId;
+                self.label_sets.push(set.clone());
+                self.label_index.insert(set, id);
+                id
+            }
+        }
     }
 
     /// Distinct task ids seen in any snapshot.
@@ -205,7 +231,7 @@ impl Recording {
     /// ([`crate::output::trim`]); entries whose stacks become equal are merged.
     pub fn hide_runtime_frames(&mut self, sym: &mut Symbolizer) {
         let (table, remap) = crate::output::trim::trim_stacks(&self.stacks, sym);
-        let mut counts: HashMap<(StackId, LabelSetId), Counts> = HashMap::new();
+        let mut counts: FxHashMap<(StackId, LabelSetId), Counts> = FxHashMap::default();
         for ((stack, set), c) in self.counts.drain() {
             let e = counts.entry((remap[stack as usize], set)).or_default();
             e.samples += c.samples;

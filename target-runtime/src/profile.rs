@@ -30,8 +30,8 @@ pub(crate) enum Barrier {
 /// The profile barrier. See the module docs.
 pub(crate) fn before_run(task: &Task) -> Barrier {
     let b = before_run_inner(task);
-    if b == Barrier::Run {
-        // A deferral episode (see `barrier`) ends when the task runs.
+    // A deferral episode (see `barrier`) ends when the task runs.
+    if b == Barrier::Run && task.held_since_ns.load(Relaxed) != 0 {
         task.held_since_ns.store(0, Relaxed);
     }
     b
@@ -44,6 +44,12 @@ fn before_run_inner(task: &Task) -> Barrier {
     'session: loop {
         let s = cb.session.load(Acquire);
         if !session::is_active(s) {
+            return Barrier::Run;
+        }
+        // Fast path while a session is active: a task already recorded for it (most
+        // switches once the first pass is over) costs one more load and a compare.
+        let p = slot.prof.load(Acquire);
+        if prof::generation(p) == session::generation(s) && prof::state(p) == prof::SATISFIED {
             return Barrier::Run;
         }
         note_session(cb);

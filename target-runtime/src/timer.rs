@@ -80,7 +80,9 @@ impl Timers {
 
     /// Nudge the thread (a profile session started).
     pub(crate) fn poke(&self) {
-        if !self.watch.swap(true, Ordering::SeqCst) {
+        // Called on every switch while a session is active: a plain load keeps the cache
+        // line shared between workers; only the first poke of a session writes it.
+        if !self.watch.load(Ordering::Relaxed) && !self.watch.swap(true, Ordering::SeqCst) {
             self.cond.notify_one();
         }
     }
