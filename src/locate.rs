@@ -213,6 +213,26 @@ fn find_descriptor_in(pid: u32, proc_dir: &str, obj: &Object_) -> Option<u64> {
     Some(sym.address().wrapping_add(bias))
 }
 
+/// The descriptor was not found: say "not a target" only if `pid` is still a live
+/// process with mappings. A target that exits while it is being located loses its
+/// mappings (`exit_mm`) before it becomes a zombie, and that is "exited", not "not ours".
+fn not_a_target_or_exited(pid: u32, proc_dir: &str, had_maps: bool) -> Error {
+    let state = std::fs::read(format!("{proc_dir}/stat"))
+        .ok()
+        .and_then(|s| {
+            let close = s.iter().rposition(|&c| c == b')')?;
+            s.get(close + 2).copied()
+        });
+    let gone = matches!(state, None | Some(b'Z') | Some(b'X'));
+    let lost_maps =
+        had_maps && std::fs::read(format!("{proc_dir}/maps")).map_or(true, |m| m.is_empty());
+    if gone || lost_maps {
+        Error::ProcessExited { pid }
+    } else {
+        Error::NotATarget { pid }
+    }
+}
+
 /// Find and validate the runtime descriptor of `pid`.
 pub fn locate(pid: u32) -> Result<Located> {
     let (_, mem_pid) = proc_dir(pid);
@@ -226,8 +246,8 @@ pub fn locate_with(pid: u32, mem: &dyn RemoteMemory) -> Result<Located> {
         .map(|text| maps::parse_maps(&text))
         .map_err(|e| from_proc_io(pid, e))?;
     if maps.is_empty() {
-        // A kernel thread or a zombie has no mappings.
-        return Err(Error::NotATarget { pid });
+        // A kernel thread or a zombie has no mappings; so does a process that is exiting.
+        return Err(not_a_target_or_exited(pid, &proc_dir, false));
     }
     let mut found = None;
     for obj in mapped_objects(&proc_dir, &maps) {
@@ -237,7 +257,7 @@ pub fn locate_with(pid: u32, mem: &dyn RemoteMemory) -> Result<Located> {
         }
     }
     let Some((descriptor_addr, obj)) = found else {
-        return Err(Error::NotATarget { pid });
+        return Err(not_a_target_or_exited(pid, &proc_dir, true));
     };
     let object_path = obj.path.to_string_lossy().into_owned();
     // The descriptor is initialized data of that object: it must lie in one of its

@@ -18,7 +18,7 @@ use gimli::RunTimeEndian;
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
 use crate::model::ModuleInfo;
-use crate::unwind::file::{self, FileKey, FileSource, LoadSegment};
+use crate::unwind::file::{self, ElfData, FileKey, FileSource, LoadSegment};
 use crate::unwind::lookup_address;
 
 /// One (possibly inlined) function frame at an address.
@@ -45,7 +45,13 @@ struct Sym {
 }
 
 /// An `addr2line` context over the DWARF of `obj`, if it has any.
-fn load_dwarf(obj: &object::File<'_>) -> Option<addr2line::Context<Reader>> {
+/// `file`, when given, is the open file behind `obj`: uncompressed sections are read
+/// from it straight into their shared buffer (one copy, instead of object's cache plus
+/// a copy into the `Arc`: half the page faults of loading a binary's DWARF).
+fn load_dwarf<'d, R: object::ReadRef<'d>>(
+    obj: &object::File<'d, R>,
+    file: Option<&std::fs::File>,
+) -> Option<addr2line::Context<Reader>> {
     obj.section_by_name(".debug_info")?;
     let endian = if obj.is_little_endian() {
         RunTimeEndian::Little
@@ -54,16 +60,46 @@ fn load_dwarf(obj: &object::File<'_>) -> Option<addr2line::Context<Reader>> {
     };
     let load = |id: gimli::SectionId| -> Result<Reader, gimli::Error> {
         let data: Arc<[u8]> = match obj.section_by_name(id.name()) {
-            Some(s) => match s.uncompressed_data() {
-                Ok(d) => Arc::from(&*d),
-                Err(_) => Arc::from(&[][..]),
-            },
+            Some(s) => {
+                let direct = file.zip(s.compressed_file_range().ok()).and_then(|(f, r)| {
+                    (r.format == object::CompressionFormat::None)
+                        .then(|| read_at_into_arc(f, r.offset, r.uncompressed_size).ok())
+                        .flatten()
+                });
+                match direct {
+                    Some(d) => d,
+                    None => match s.uncompressed_data() {
+                        Ok(d) => Arc::from(&*d),
+                        Err(_) => Arc::from(&[][..]),
+                    },
+                }
+            }
             None => Arc::from(&[][..]),
         };
         Ok(EndianArcSlice::new(data, endian))
     };
     let dwarf = gimli::Dwarf::load(load).ok()?;
     addr2line::Context::from_dwarf(dwarf).ok()
+}
+
+/// Largest section read from a target's file (a hostile size must not become an
+/// allocation).
+const MAX_SECTION: u64 = 1 << 30;
+
+/// `len` bytes of `file` at `offset`, read into a fresh shared buffer.
+fn read_at_into_arc(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<Arc<[u8]>> {
+    use std::os::unix::fs::FileExt;
+    if len > MAX_SECTION || len > file.metadata()?.len() {
+        return Err(std::io::Error::other("section larger than its file"));
+    }
+    let mut buf: Arc<[std::mem::MaybeUninit<u8>]> = Arc::new_uninit_slice(len as usize);
+    Arc::get_mut(&mut buf)
+        .expect("a fresh Arc is unique")
+        .fill(std::mem::MaybeUninit::new(0));
+    // SAFETY: every element was initialised by the fill above.
+    let mut buf: Arc<[u8]> = unsafe { buf.assume_init() };
+    file.read_exact_at(Arc::get_mut(&mut buf).expect("still unique"), offset)?;
+    Ok(buf)
 }
 
 /// What is kept of one ELF file.
@@ -77,9 +113,16 @@ struct SymFile {
 impl SymFile {
     /// Parse `bytes`; when the file has no DWARF but a build id, try the separate
     /// debug file `/usr/lib/debug/.build-id/xx/yyyy.debug` through `source`.
-    fn parse(bytes: &[u8], source: &mut dyn FileSource) -> Result<SymFile, String> {
-        let obj = object::File::parse(bytes).map_err(|e| format!("not a valid ELF file: {e}"))?;
-        let mut ctx = load_dwarf(&obj);
+    fn parse(data: &ElfData, source: &mut dyn FileSource) -> Result<SymFile, String> {
+        crate::with_elf!(data, |obj| SymFile::from_object(&obj, data.file(), source))
+    }
+
+    fn from_object<'d, R: object::ReadRef<'d>>(
+        obj: &object::File<'d, R>,
+        file: Option<&std::fs::File>,
+        source: &mut dyn FileSource,
+    ) -> SymFile {
+        let mut ctx = load_dwarf(obj, file);
         if ctx.is_none() {
             if let Some(id) = file::build_id_hex(&obj).filter(|id| id.len() > 2) {
                 let debug_file = ModuleInfo {
@@ -89,10 +132,12 @@ impl SymFile {
                     path: format!("/usr/lib/debug/.build-id/{}/{}.debug", &id[..2], &id[2..]),
                     build_id: None,
                 };
-                if let Ok(debug_bytes) = source.read(&debug_file) {
-                    if let Ok(debug_obj) = object::File::parse(&*debug_bytes) {
-                        ctx = load_dwarf(&debug_obj);
-                    }
+                if let Ok(debug_data) = source.open(&debug_file) {
+                    ctx = crate::with_elf!(&debug_data, |debug_obj| {
+                        load_dwarf(&debug_obj, debug_data.file())
+                    })
+                    .ok()
+                    .flatten();
                 }
             }
         }
@@ -116,11 +161,11 @@ impl SymFile {
         }
         symbols.sort_by(|a, b| a.svma.cmp(&b.svma).then(b.size.cmp(&a.size)));
         symbols.dedup_by_key(|s| s.svma);
-        Ok(SymFile {
+        SymFile {
             ctx,
             symbols,
-            segments: file::load_segments(&obj),
-        })
+            segments: file::load_segments(obj),
+        }
     }
 
     /// The symbol containing `svma` (a zero-size symbol covers up to the next one).
@@ -208,9 +253,9 @@ impl Symbolizer {
             None => {
                 let parsed = self
                     .source
-                    .read(&m)
+                    .open(&m)
                     .map_err(|e| format!("cannot read: {e}"))
-                    .and_then(|b| SymFile::parse(&b, &mut *self.source));
+                    .and_then(|d| SymFile::parse(&d, &mut *self.source));
                 let f = match parsed {
                     Ok(f) => Some(Rc::new(f)),
                     Err(msg) => {

@@ -31,7 +31,7 @@ use gimli::{
 };
 use object::{Object, ObjectSection};
 
-pub use file::{FileKey, FileSource, LocalFiles, ProcFiles};
+pub use file::{ElfData, FileKey, FileSource, LocalFiles, ProcFiles};
 
 use crate::model::ModuleInfo;
 
@@ -102,8 +102,11 @@ struct CfiFile {
 }
 
 impl CfiFile {
-    fn parse(bytes: &[u8]) -> Result<CfiFile, String> {
-        let obj = object::File::parse(bytes).map_err(|e| format!("not a valid ELF file: {e}"))?;
+    fn parse(data: &ElfData) -> Result<CfiFile, String> {
+        crate::with_elf!(data, |obj| CfiFile::from_object(&obj))
+    }
+
+    fn from_object<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> CfiFile {
         let range = |name: &str| {
             obj.section_by_name(name)
                 .map(|s| s.address()..s.address().saturating_add(s.size()))
@@ -113,7 +116,7 @@ impl CfiFile {
             let d = s.uncompressed_data().ok()?;
             (!d.is_empty()).then(|| Arc::from(&*d))
         };
-        Ok(CfiFile {
+        CfiFile {
             text_svma: range(".text"),
             got_svma: range(".got"),
             eh_frame_svma: range(".eh_frame"),
@@ -121,8 +124,8 @@ impl CfiFile {
             eh_frame: data(".eh_frame"),
             eh_frame_hdr: data(".eh_frame_hdr"),
             debug_frame: data(".debug_frame"),
-            segments: file::load_segments(&obj),
-        })
+            segments: file::load_segments(obj),
+        }
     }
 
     fn section_info(&self) -> ExplicitModuleSectionInfo<Arc<[u8]>> {
@@ -275,9 +278,9 @@ impl Unwinder {
                 None => {
                     let parsed = self
                         .source
-                        .read(m)
+                        .open(m)
                         .map_err(|e| format!("cannot read: {e}"))
-                        .and_then(|bytes| CfiFile::parse(&bytes));
+                        .and_then(|data| CfiFile::parse(&data));
                     let f = match parsed {
                         Ok(f) => Some(Arc::new(f)),
                         Err(message) => {
