@@ -124,7 +124,7 @@ impl SymFile {
     ) -> SymFile {
         let mut ctx = load_dwarf(obj, file);
         if ctx.is_none() {
-            if let Some(id) = file::build_id_hex(&obj).filter(|id| id.len() > 2) {
+            if let Some(id) = file::build_id_hex(obj).filter(|id| id.len() > 2) {
                 let debug_file = ModuleInfo {
                     start: 0,
                     end: 0,
