@@ -104,10 +104,10 @@ pub fn interrupted() -> bool {
 /// milliseconds and then goes on; with `:stdin`, until a line or the end of standard
 /// input, then goes on. The reliability tests use it to interrupt or kill the tool, or
 /// kill the target under it, at a known moment. Points, in snapshot order:
-/// `in-stw1` (every thread stopped, session active, running tasks recorded),
+/// `in-stw1` (every worker stopped, session active, running tasks recorded),
 /// `after-stw1` (target running, session active, no task held), `mid-walk` (a batch of
 /// tasks held IN_PROGRESS), `before-stw2` (walk done, nothing held, session active),
-/// `in-stw2` (every thread stopped, session no longer active).
+/// `in-stw2` (every worker stopped, session no longer active).
 fn failpoint(name: &str) {
     static POINT: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
     static FIRED: AtomicBool = AtomicBool::new(false);

@@ -1,4 +1,6 @@
-//! Stop the world with ptrace: every thread of the target, for a few tens of microseconds.
+//! Stop the world with ptrace, for a few tens of microseconds: the runtime's worker
+//! threads ([`Tracer::stop_threads`], what snapshots use: only workers run tasks), or
+//! every thread of the target ([`Tracer::stop_world`]).
 //!
 //! The rules come from reliability.md §0 and §2 (measured on this machine) and
 //! DESIGN.md §6:

@@ -3,8 +3,12 @@
 //! round trips on stdout. Prints `READY <pid>` once every pair is running.
 //!
 //! ```text
-//! pingpong_load [--tasks N] [--seconds S] [--workers W]
+//! pingpong_load [--tasks N] [--seconds S] [--workers W] [--window-ms MS]
 //! ```
+//!
+//! With `--window-ms`, it also prints `W <ms since READY> <round trips so far>` every MS
+//! milliseconds, so that one run can be compared with itself, window by window, while a
+//! profiler is switched on and off (benches/record-overhead.sh, the default mode).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,6 +55,7 @@ fn main() {
     let tasks = arg("--tasks", 10_000);
     let seconds = arg("--seconds", 5);
     let workers = arg("--workers", 2) as usize;
+    let window_ms = arg("--window-ms", 0);
     let total = Builder::new()
         .workers(workers)
         .run(move || {
@@ -66,7 +71,18 @@ fn main() {
             println!("READY {}", std::process::id());
             let start = Instant::now();
             let begin = n.load(Ordering::Relaxed);
-            target_runtime::sleep(Duration::from_secs(seconds));
+            let end = start + Duration::from_secs(seconds);
+            if window_ms > 0 {
+                let mut next = start;
+                while next < end {
+                    next += Duration::from_millis(window_ms);
+                    target_runtime::sleep(next.saturating_duration_since(Instant::now()));
+                    let t = start.elapsed().as_millis();
+                    println!("W {t} {}", n.load(Ordering::Relaxed) - begin);
+                }
+            } else {
+                target_runtime::sleep(Duration::from_secs(seconds));
+            }
             let done = n.load(Ordering::Relaxed) - begin;
             stop.store(true, Ordering::Relaxed);
             (done, start.elapsed())
