@@ -22,6 +22,9 @@
 //!
 //! * `park-late N`: spawn N more tasks that wait in `late_leaf -> Receiver::recv`, and
 //!   print `PARKED` once they have all switched away (their waits start after READY).
+//! * `release`: close the channel the `--recv` (and join, labeled, cgo, late) tasks wait
+//!   on and print `RELEASED` once they have all returned (each must pass the profile
+//!   barrier to run).
 //! * anything else (`exit`), or end of input, ends the process.
 
 use std::hint::black_box;
@@ -145,6 +148,7 @@ fn main() {
 
 fn serve(plan: Plan) {
     let (tx, rx) = chan::unbounded::<u32>();
+    let mut tx = Some(tx);
     let mut handles = Vec::new();
     for _ in 0..plan.recv {
         let rx = rx.clone();
@@ -190,6 +194,19 @@ fn serve(plan: Plan) {
             let _ = std::io::stdin().lock().read_line(&mut s);
             s
         });
+        if line.trim() == "release" {
+            drop(tx.take());
+            // Everything that waited on the channel (recv, join, labeled, cgo, late) runs
+            // to its end; the sleepers and the mutex waiters stay. Joining the --recv
+            // tasks waits until each has really run (a woken task is runnable at once, but
+            // runs only once the profile barrier lets it).
+            parked = plan.sleep + plan.mutex;
+            for h in handles.drain(..) {
+                let _ = h.join();
+            }
+            println!("RELEASED");
+            continue;
+        }
         let Some(n) = line.trim().strip_prefix("park-late ") else {
             break;
         };

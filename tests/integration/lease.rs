@@ -93,3 +93,26 @@ fn sigkill_after_stw1_never_wedges_the_target() {
     all_tasks_seen_again(t.pid);
     exits_promptly(t);
 }
+
+/// A profiler that is alive but silent (here: stalled holding a batch of tasks) costs the
+/// target one lease, not one lease per held task: once the runtime has judged a heartbeat
+/// value stale, every other task held in that session is taken back at once. Before
+/// that, 128 held tasks met by 2 workers took 128 x 100 ms / 2 = 6.4 s to release.
+#[test]
+fn a_silent_profiler_costs_one_lease_not_one_per_held_task() {
+    let mut t = Target::start("fixture", &["--workers", "2", "--recv", "2000"]);
+    let mut tool = stalled_tool(t.pid, "mid-walk");
+    let start = Instant::now();
+    t.send("release");
+    assert_eq!(t.read_line().trim(), "RELEASED");
+    let took = start.elapsed();
+    // A bound on wedging with a wide margin (lease 100 ms, HOLD_SPIN 1 ms per held task
+    // and worker), not a speed figure.
+    assert!(
+        took < Duration::from_secs(3),
+        "releasing 2000 tasks, a batch of them held by a silent profiler, took {took:?}"
+    );
+    tool.kill().unwrap();
+    tool.wait().unwrap();
+    exits_promptly(t);
+}
