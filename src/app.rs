@@ -73,7 +73,28 @@ pub fn attach(c: &AttachConfig) -> Result<()> {
         c.format,
         &c.output,
         c.blocked_longer_than.is_some(),
-    )
+    )?;
+    if c.stats {
+        // Read while the snapshot and the symbolizer are still alive: the high-water
+        // mark of the tool's own memory, without anyone polling it from outside (a
+        // poller's wake-ups disturb the target being measured on a small machine).
+        if let Some(kb) = rss_anon_kb() {
+            eprintln!("gprof-rs: private memory at the end: {kb} KB (RssAnon)");
+        }
+    }
+    Ok(())
+}
+
+/// This process's private resident memory (`RssAnon` in /proc/self/status), KiB.
+fn rss_anon_kb() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// `--blocked-longer-than`: keep only the tasks waiting for at least `min`; say so on
