@@ -11,7 +11,9 @@ pub mod sampled;
 pub mod text;
 pub mod trim;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
 
 use crate::model::{Snapshot, StackId};
 use crate::symbolize::{SymFrame, Symbolizer};
@@ -36,7 +38,7 @@ pub type LabelSet<'a> = Vec<(&'a str, &'a str)>;
 /// Group the snapshot's tasks by (stack, labels), most frequent first; ties are
 /// broken by the stack's addresses, then the labels, so the order is deterministic.
 pub fn group_tasks(snapshot: &Snapshot) -> Vec<Group<'_>> {
-    let mut counts: HashMap<(StackId, LabelSet<'_>), u64> = HashMap::new();
+    let mut counts: FxHashMap<(StackId, LabelSet<'_>), u64> = FxHashMap::default();
     for t in &snapshot.tasks {
         let mut labels: LabelSet<'_> = t
             .labels
