@@ -17,10 +17,14 @@
 //!   stop only when it leaves `D`: reliability.md §2.6, E10); a zombie leader never
 //!   reports a stop, so `/proc` state is checked while waiting (§2.4, E7; delve
 //!   `pkg/proc/native/proc_linux.go` `wait()`).
-//! * New threads: `PTRACE_O_TRACECLONE` auto-attaches threads cloned by a seized thread,
-//!   and `/proc/PID/task` is rescanned until two scans in a row find nothing new,
-//!   at most [`StopConfig::max_rounds`] scans (gdb `linux_proc_attach_tgid_threads`,
-//!   CRIU `collect_loop`; reliability.md §2.3).
+//! * New threads ([`Tracer::stop_world`]): `PTRACE_O_TRACECLONE` auto-attaches threads
+//!   cloned by a seized thread, and `/proc/PID/task` is rescanned until two scans in a
+//!   row find nothing new, at most [`StopConfig::max_rounds`] scans (gdb
+//!   `linux_proc_attach_tgid_threads`, CRIU `collect_loop`; reliability.md §2.3). A stop
+//!   of listed threads ([`Tracer::stop_threads`]) needs neither: a thread a worker clones
+//!   is not a worker, and a worker that starts during the stop is found by the caller,
+//!   which re-reads the runtime's worker records after publishing the session and
+//!   extends the stop ([`WorldStop::extend`]; the handshake is in `gprof_abi`'s docs).
 //! * A signal-delivery-stop counts as stopped; its signal goes back in `PTRACE_DETACH`
 //!   (§2.9). A job-stopped target (Ctrl-Z) reports `PTRACE_EVENT_STOP` with its stop
 //!   signal and is only detached, never continued, so it stays in `T` (§2.8, E8).
@@ -28,8 +32,9 @@
 //! # Attach per stop
 //!
 //! A [`Tracer`] lives as long as the profiling session and is reused for every stop,
-//! but it holds threads seized only *during* a stop: [`Tracer::stop_world`] seizes and
-//! interrupts, [`WorldStop`] detaches on drop. Staying seized between stops would make
+//! but it holds threads seized only *during* a stop: [`Tracer::stop_world`] and
+//! [`Tracer::stop_threads`] seize and interrupt, [`WorldStop`] detaches on drop (py-spy's
+//! `remoteprocess` locks a process per sample the same way). Staying seized between stops would make
 //! every signal sent to the target park the receiving thread in a signal-delivery-stop
 //! until our next stop (ptrace(2), "Signal-delivery-stop"), would leave exiting
 //! threads as zombies until we reap them (`kernel/exit.c:exit_notify`, traced tasks are
