@@ -1,7 +1,7 @@
 //! Address → function, file:line, with inlined frames, for the target's modules.
 //!
 //! Each ELF file is read once (keyed by path and build id, see
-//! [`FileKey`](crate::unwind::FileKey)); its DWARF goes to `addr2line` and its symbol
+//! [`FileKey`]); its DWARF goes to `addr2line` and its symbol
 //! table is kept sorted for the fallback. Results are cached per lookup address, so a
 //! return address shared by 100k tasks is symbolized once.
 //!

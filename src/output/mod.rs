@@ -1,4 +1,4 @@
-//! Writers for a [`Snapshot`](crate::model::Snapshot): pprof (`pprof`), and Go's
+//! Writers for a [`Snapshot`]: pprof (`pprof`), and Go's
 //! `debug=1` / `debug=2` text forms (`text`); for a recording of many snapshots
 //! (`gprof-rs record`): pprof, collapsed stacks, flame graph and speedscope (`sampled`).
 //!

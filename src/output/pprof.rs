@@ -116,7 +116,7 @@ impl<'m> ProfileBuilder<'m> {
 
     /// Add one sample: `addrs` innermost first (the first an instruction pointer, the
     /// rest return addresses), resolved from `sym`'s cache (see
-    /// [`symbolize_stacks`](super::symbolize_stacks)); string labels; one value per
+    /// [`symbolize_stacks`]); string labels; one value per
     /// sample type.
     pub fn add_sample(
         &mut self,
