@@ -129,6 +129,10 @@ pub struct SnapshotStats {
     pub recorded_tool: u64,
     /// Tasks recorded by the runtime on its barrier.
     pub recorded_runtime: u64,
+    /// Tasks recorded by the tool from an earlier snapshot's stack, because they had not
+    /// been resumed since (`Session::set_reuse_unchanged`); counted in `recorded_tool`
+    /// too.
+    pub reused: u64,
     /// Holds the runtime took back (torn copies dropped and re-read).
     pub torn: u64,
     /// Stack bytes copied out of the target.

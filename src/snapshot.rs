@@ -159,11 +159,16 @@ pub struct Session {
     modules: Vec<ModuleInfo>,
     walk_delay: Duration,
     unordered: bool,
+    /// Reuse the stacks of tasks not resumed since the previous snapshot.
+    reuse: bool,
+    cache: StackCache,
 }
 
 /// A task's copied state, before unwinding: owning its stack bytes, or (`Copy<&[u8]>`)
 /// borrowing them from the walk's batch buffer.
 struct Copy<S = Vec<u8>> {
+    /// Index of the task's slot.
+    index: u32,
     slot: SlotCopy,
     ip: u64,
     sp: u64,
@@ -176,6 +181,7 @@ struct Copy<S = Vec<u8>> {
 impl Copy<&[u8]> {
     fn into_owned(self) -> Copy {
         Copy {
+            index: self.index,
             slot: self.slot,
             ip: self.ip,
             sp: self.sp,
@@ -203,6 +209,8 @@ impl Session {
             modules,
             walk_delay: Duration::ZERO,
             unordered: false,
+            reuse: false,
+            cache: StackCache::default(),
         })
     }
 
@@ -263,6 +271,17 @@ impl Session {
     /// task records was 8 % of `record`'s time at 10 Hz.
     pub fn set_unordered(&mut self, unordered: bool) {
         self.unordered = unordered;
+    }
+
+    /// Reuse, from one snapshot to the next, the stack of every task that has not been
+    /// resumed in between (`TaskSlot::resumes` unchanged): no copy and no unwind for it.
+    /// For periodic sampling of a mostly idle target (thousands of tasks parked for
+    /// seconds) that is most of the work. Costs the tool one cached frame list per task.
+    pub fn set_reuse_unchanged(&mut self, reuse: bool) {
+        self.reuse = reuse;
+        if !reuse {
+            self.cache = StackCache::default();
+        }
     }
 
     /// Take one snapshot.
@@ -336,7 +355,7 @@ impl Session {
                     g,
                     0..hwm(),
                     RecordedBy::StopTheWorld,
-                    &mut |c| copies.push(c.into_owned()),
+                    &mut Collect(&mut copies),
                     &mut skipped,
                     &mut stats,
                 )?;
@@ -352,7 +371,14 @@ impl Session {
             return Err(Error::Interrupted);
         }
 
-        let mut fin = Finisher::new(stw1_mono, &mut self.unwinder, &self.mem, hwm() as usize);
+        let cache = self.reuse.then_some(&mut self.cache);
+        let mut fin = Finisher::new(
+            stw1_mono,
+            &mut self.unwinder,
+            &self.mem,
+            hwm() as usize,
+            cache,
+        );
         if mode == Mode::Concurrent {
             // ---- concurrent walk ----
             if !self.walk_delay.is_zero() {
@@ -389,14 +415,13 @@ impl Session {
             }
             // Each batch is unwound straight from the walk's buffer once its tasks are
             // released.
-            let mut sink = |c: Copy<&[u8]>| fin.add(c);
             walk(
                 &self.region,
                 &self.mem,
                 g,
                 0..hwm(),
                 RecordedBy::Tool,
-                &mut sink,
+                &mut fin,
                 &mut skipped,
                 &mut stats,
             )?;
@@ -430,7 +455,7 @@ impl Session {
                     g,
                     again.into_iter(),
                     RecordedBy::Tool,
-                    &mut sink,
+                    &mut fin,
                     &mut still_unborn,
                     &mut stats,
                 )?;
@@ -510,6 +535,8 @@ fn mono_ns() -> u64 {
 #[derive(Debug, Clone, Default)]
 struct SlotCopy {
     id: u64,
+    /// `TaskSlot::resumes` when copied.
+    resumes: u64,
     state: u32,
     wait_reason: u32,
     wait_since_ns: u64,
@@ -534,6 +561,7 @@ impl SlotCopy {
         let labels_len = (s.labels_len.load(Relaxed) as usize).min(LABELS_CAP);
         SlotCopy {
             id: s.task_id.load(Acquire),
+            resumes: s.resumes.load(Acquire),
             state: s.state.load(Relaxed),
             wait_reason: s.wait_reason.load(Relaxed),
             wait_since_ns: s.wait_since_ns.load(Relaxed),
@@ -611,7 +639,10 @@ fn record_current(
         if cur == 0 {
             continue;
         }
-        let Some(slot) = u32::try_from(cur - 1).ok().and_then(|i| region.slot(i)) else {
+        let Some((index, slot)) = u32::try_from(cur - 1)
+            .ok()
+            .and_then(|i| Some((i, region.slot(i)?)))
+        else {
             continue;
         };
         if slot.task_id.load(Acquire) == 0 {
@@ -651,6 +682,7 @@ fn record_current(
         stack.truncate(got);
         slot.prof.store(prof::pack(g, prof::SATISFIED), SeqCst);
         out.push(Copy {
+            index,
             slot: copy,
             ip,
             sp,
@@ -675,7 +707,7 @@ fn walk(
     g: u64,
     slots: impl Iterator<Item = u32>,
     by: RecordedBy,
-    sink: &mut dyn FnMut(Copy<&[u8]>),
+    sink: &mut dyn Sink,
     unborn: &mut Vec<u32>,
     stats: &mut SnapshotStats,
 ) -> Result<()> {
@@ -684,8 +716,9 @@ fn walk(
     let in_progress = prof::pack(g, prof::IN_PROGRESS);
     let satisfied = prof::pack(g, prof::SATISFIED);
     let mut held: Vec<(u32, SlotCopy)> = Vec::with_capacity(BATCH);
-    // Released copies of the current batch: (slot fields, offset and length in `buf`).
-    let mut ready: Vec<(SlotCopy, usize, usize)> = Vec::with_capacity(BATCH);
+    // Released copies of the current batch: (slot index, slot fields, offset and length
+    // in `buf`).
+    let mut ready: Vec<(u32, SlotCopy, usize, usize)> = Vec::with_capacity(BATCH);
     let mut buf: Vec<u8> = Vec::new();
     let mut more = true;
     while more || !held.is_empty() {
@@ -715,6 +748,23 @@ fn walk(
             if copy.id == 0 {
                 // Freed between our two loads (it had exited): give the word back.
                 let _ = slot.prof.compare_exchange(in_progress, p, SeqCst, Relaxed);
+                continue;
+            }
+            // Not resumed since an earlier sample recorded it (the count was read while
+            // we hold the task, so it cannot change under us): that sample's stack is
+            // this one. No copy, no unwind.
+            if sink.knows(i, copy.id, copy.resumes) {
+                if slot
+                    .prof
+                    .compare_exchange(in_progress, satisfied, SeqCst, Relaxed)
+                    .is_ok()
+                {
+                    stats.reused += 1;
+                    stats.recorded_tool += 1;
+                    sink.add_known(i, copy);
+                } else {
+                    stats.torn += 1;
+                }
                 continue;
             }
             held.push((i, copy));
@@ -753,14 +803,15 @@ fn walk(
             }
             stats.bytes_copied += len as u64;
             stats.recorded_tool += 1;
-            ready.push((c, at, len));
+            ready.push((idx, c, at, len));
         }
         cb.heartbeat.fetch_add(1, Relaxed);
         if interrupted() {
             return Err(Error::Interrupted);
         }
-        for (c, at, len) in ready.drain(..) {
-            sink(Copy {
+        for (i, c, at, len) in ready.drain(..) {
+            sink.add(Copy {
+                index: i,
                 ip: c.pc,
                 sp: c.sp,
                 bp: c.fp,
@@ -886,6 +937,7 @@ fn parse_arena(
         read(off + hdr, &mut stack)?;
         count += 1;
         sink(Copy {
+            index: rec.slot,
             slot,
             ip: rec.pc,
             sp: rec.sp,
@@ -903,10 +955,76 @@ fn parse_arena(
 /// space lives across tasks, so a task whose stack was seen before allocates nothing
 /// for its stack (the unwind goes into one reused buffer, and interning looks the
 /// frames up by a cheap hash before it builds a `Stack`).
+/// Where the walk delivers what it takes: a task it copied (`add`), or a task that has not
+/// run since a previous snapshot recorded it (`knows`, then `add_known`).
+trait Sink {
+    fn add(&mut self, c: Copy<&[u8]>);
+    /// Is there a recorded stack for the task `id` in slot `index`, taken when its
+    /// resume count was `resumes`?
+    fn knows(&self, index: u32, id: u64, resumes: u64) -> bool;
+    /// Record the task from that stack.
+    fn add_known(&mut self, index: u32, slot: SlotCopy);
+}
+
+/// `--mode stw`: the copies are kept until the world resumes, and nothing is reused.
+struct Collect<'a>(&'a mut Vec<Copy>);
+
+impl Sink for Collect<'_> {
+    fn add(&mut self, c: Copy<&[u8]>) {
+        self.0.push(c.into_owned());
+    }
+    fn knows(&self, _: u32, _: u64, _: u64) -> bool {
+        false
+    }
+    fn add_known(&mut self, _: u32, _: SlotCopy) {
+        unreachable!("Collect knows no stack")
+    }
+}
+
+/// Frames of each task as last recorded, by slot ([`Session::set_reuse_unchanged`]).
+#[derive(Default)]
+struct StackCache {
+    by_slot: FxHashMap<u32, Known>,
+}
+
+/// One task's frames as of a snapshot, and how to tell they still hold.
+struct Known {
+    task_id: u64,
+    resumes: u64,
+    addrs: Vec<u64>,
+    incomplete: bool,
+    hash: u64,
+}
+
+impl Sink for Finisher<'_> {
+    fn add(&mut self, c: Copy<&[u8]>) {
+        Finisher::add(self, c);
+    }
+    fn knows(&self, index: u32, id: u64, resumes: u64) -> bool {
+        self.cache
+            .as_ref()
+            .and_then(|c| c.by_slot.get(&index))
+            .is_some_and(|k| k.task_id == id && k.resumes == resumes)
+    }
+    fn add_known(&mut self, index: u32, slot: SlotCopy) {
+        let cache = self.cache.as_mut().expect("knows() said yes");
+        let k = cache.by_slot.get(&index).expect("knows() said yes");
+        let stack = intern_frames(
+            &mut self.stacks,
+            &mut self.seen,
+            k.hash,
+            &k.addrs,
+            k.incomplete,
+        );
+        self.push_task(slot, stack, RecordedBy::Tool);
+    }
+}
+
 struct Finisher<'a> {
     stw1_mono: u64,
     unwinder: &'a mut Unwinder,
     mem: &'a LiveMemory,
+    cache: Option<&'a mut StackCache>,
     stacks: StackTable,
     tasks: Vec<TaskRecord>,
     files: FxHashMap<(u64, u32), Option<Arc<str>>>,
@@ -922,11 +1040,13 @@ impl<'a> Finisher<'a> {
         unwinder: &'a mut Unwinder,
         mem: &'a LiveMemory,
         tasks_hint: usize,
+        cache: Option<&'a mut StackCache>,
     ) -> Finisher<'a> {
         Finisher {
             stw1_mono,
             unwinder,
             mem,
+            cache,
             stacks: StackTable::default(),
             // A hint read from the target: a capacity, never trusted beyond it.
             tasks: Vec::with_capacity(tasks_hint.min(1 << 22)),
@@ -942,19 +1062,33 @@ impl<'a> Finisher<'a> {
                 .unwind_from(c.ip, c.sp, c.bp, c.base, c.stack.as_ref(), &mut self.addrs);
         let incomplete = !end.is_complete();
         let h = stack_hash(&self.addrs, incomplete);
-        let known = self.seen.get(&h).copied().filter(|&id| {
-            let s = self.stacks.get(id);
-            s.incomplete == incomplete && s.addrs == self.addrs
-        });
-        let stack = known.unwrap_or_else(|| {
-            let id = self.stacks.intern(Stack {
-                addrs: self.addrs.clone(),
-                incomplete,
+        let stack = intern_frames(&mut self.stacks, &mut self.seen, h, &self.addrs, incomplete);
+        // Not a task recorded at STW 1: it may be running, and its stack changes without a
+        // new resume.
+        if let Some(cache) = self
+            .cache
+            .as_mut()
+            .filter(|_| c.by != RecordedBy::StopTheWorld)
+        {
+            let k = cache.by_slot.entry(c.index).or_insert_with(|| Known {
+                task_id: 0,
+                resumes: 0,
+                addrs: Vec::new(),
+                incomplete: false,
+                hash: 0,
             });
-            self.seen.insert(h, id);
-            id
-        });
-        let s = c.slot;
+            k.task_id = c.slot.id;
+            k.resumes = c.slot.resumes;
+            k.addrs.clear();
+            k.addrs.extend_from_slice(&self.addrs);
+            k.incomplete = incomplete;
+            k.hash = h;
+        }
+        self.push_task(c.slot, stack, c.by);
+    }
+
+    /// The task record of a task whose stack is interned as `stack`.
+    fn push_task(&mut self, s: SlotCopy, stack: StackId, by: RecordedBy) {
         let wait_ns = if s.state == TaskState::WAITING && s.wait_since_ns != 0 {
             self.stw1_mono.saturating_sub(s.wait_since_ns)
         } else {
@@ -976,9 +1110,32 @@ impl<'a> Finisher<'a> {
             labels: s.labels,
             system: s.flags & TaskSlot::FLAG_SYSTEM != 0,
             stack,
-            recorded_by: c.by,
+            recorded_by: by,
         });
     }
+}
+
+/// Intern the frames `addrs` (hash `h`, see [`stack_hash`]) in `stacks`; a known stack
+/// costs a lookup and a comparison, no allocation.
+fn intern_frames(
+    stacks: &mut StackTable,
+    seen: &mut HashMap<u64, StackId, BuildHasherDefault<HashIsKey>>,
+    h: u64,
+    addrs: &[u64],
+    incomplete: bool,
+) -> StackId {
+    let known = seen.get(&h).copied().filter(|&id| {
+        let s = stacks.get(id);
+        s.incomplete == incomplete && s.addrs == addrs
+    });
+    known.unwrap_or_else(|| {
+        let id = stacks.intern(Stack {
+            addrs: addrs.to_vec(),
+            incomplete,
+        });
+        seen.insert(h, id);
+        id
+    })
 }
 
 /// FxHash-style hash of a stack's frames (a lookup key only: hits are verified).

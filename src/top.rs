@@ -364,6 +364,7 @@ pub fn run(c: &TopConfig) -> Result<()> {
     let mut session = Session::attach(c.pid)?;
     session.set_walk_delay(crate::record::walk_delay(c.interval));
     session.set_unordered(true);
+    session.set_reuse_unchanged(true);
     crate::record::retain_freed_memory();
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", c.pid)).unwrap_or_default();
     let mut r = Refresher {

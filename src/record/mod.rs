@@ -81,6 +81,7 @@ pub fn record(
     let mut rec = Recording::new(session.pid(), session.modules().to_vec(), opts.interval);
     session.set_walk_delay(walk_delay(opts.interval));
     session.set_unordered(true);
+    session.set_reuse_unchanged(true);
     retain_freed_memory();
     sym.set_modules(session.modules());
     let bar = progress_bar(opts);

@@ -2,14 +2,16 @@
 //! 4, invariants 1-3).
 //!
 //! ```text
-//! churn [--workers W] [--phase N] [--spawners S] [--inflight M]
+//! churn [--workers W] [--phase N] [--spawners S] [--inflight M] [--nap E]
 //! ```
 //!
 //! * `--phase N` (default 200): N *phase tasks*. Each loops forever over phases
 //!   `k = 0, 1, 2, ...`: it reads the profile session's generation `G` from the shared
 //!   control block, picks a depth `d = depth_of(k, id)` (1..=12), logs `(G, k, d)`,
 //!   recurses `d` levels of [`phase_frame`] and at the leaf yields (or, one phase in
-//!   eight, sleeps 200 us), then unwinds and checks the recursion's result.
+//!   eight, sleeps 200 us; with `--nap E`, one phase in E naps 20 ms instead, long
+//!   enough to stay parked across several snapshots), then unwinds and checks the
+//!   recursion's result.
 //!
 //!   The runtime records a task on its profile barrier *before* the task runs again, so
 //!   a snapshot of generation `g` must show a phase task that was not running at STW 1
@@ -42,6 +44,8 @@ struct Plan {
     phase: usize,
     spawners: usize,
     inflight: u64,
+    /// One phase in `nap` sleeps 20 ms (0: never).
+    nap: u64,
 }
 
 fn parse() -> Plan {
@@ -50,6 +54,7 @@ fn parse() -> Plan {
         phase: 200,
         spawners: 4,
         inflight: 128,
+        nap: 0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -63,6 +68,7 @@ fn parse() -> Plan {
             "--phase" => p.phase = v,
             "--spawners" => p.spawners = v,
             "--inflight" => p.inflight = v as u64,
+            "--nap" => p.nap = v as u64,
             other => panic!("churn: unknown flag {other}"),
         }
         i += 2;
@@ -97,6 +103,7 @@ fn generation() -> u64 {
 enum Leaf {
     Yield,
     Sleep,
+    Nap,
 }
 
 /// One level of a phase's recursion. Returns `depth + (depth - 1) + ... + 1`. The local
@@ -111,6 +118,7 @@ fn phase_frame(depth: u32, leaf: Leaf) -> u64 {
         match leaf {
             Leaf::Yield => yield_now(),
             Leaf::Sleep => target_runtime::sleep(Duration::from_micros(200)),
+            Leaf::Nap => target_runtime::sleep(Duration::from_millis(20)),
         }
         0
     };
@@ -118,7 +126,7 @@ fn phase_frame(depth: u32, leaf: Leaf) -> u64 {
 }
 
 #[inline(never)]
-fn phase_main(id: u64, log: Arc<Mutex<Log>>, started: Arc<AtomicU64>) {
+fn phase_main(id: u64, log: Arc<Mutex<Log>>, started: Arc<AtomicU64>, nap: u64) {
     let mut k = 0u64;
     loop {
         let g = generation();
@@ -133,7 +141,9 @@ fn phase_main(id: u64, log: Arc<Mutex<Log>>, started: Arc<AtomicU64>) {
         if k == 0 {
             started.fetch_add(1, SeqCst);
         }
-        let leaf = if (k + id) % 8 == 0 {
+        let leaf = if nap > 0 && (k + id) % nap == 0 {
+            Leaf::Nap
+        } else if (k + id) % 8 == 0 {
             Leaf::Sleep
         } else {
             Leaf::Yield
@@ -223,7 +233,8 @@ fn serve(plan: Plan) {
     for _ in 0..plan.phase {
         let log = Arc::new(Mutex::new(Log::default()));
         let (l2, s2) = (log.clone(), started.clone());
-        let h = spawn(move || phase_main(target_runtime::task::current_id(), l2, s2));
+        let nap = plan.nap;
+        let h = spawn(move || phase_main(target_runtime::task::current_id(), l2, s2, nap));
         phases.push((h.id(), log));
     }
     let churn = Arc::new(Churn::default());

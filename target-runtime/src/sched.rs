@@ -16,7 +16,7 @@ use crate::timer::Timers;
 use crossbeam_deque::{Injector, Steal, Stealer, Worker as Deque};
 use gprof_abi::{session, TaskState, WorkerRecord};
 use std::cell::{Cell, UnsafeCell};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
@@ -263,6 +263,11 @@ fn run_task(w: &WorkerCtx, task: TaskRef) {
     task.run_state.store(run_state::RUNNING, Relaxed);
     slot.state.store(TaskState::RUNNING, Relaxed);
     slot.wait_reason.store(0, Relaxed);
+    // After the barrier, before the task runs: a profiler that finds the count unchanged
+    // since an earlier sample may reuse that sample's stack (abi docs, `resumes`). Only
+    // this worker writes it now, so no read-modify-write instruction is needed.
+    slot.resumes
+        .store(slot.resumes.load(Relaxed).wrapping_add(1), Release);
     w.current.set(Arc::as_ptr(&task));
     // SAFETY: `sched_sp` is this worker's own save location; the task's saved sp was
     // stored by its last switch away (or by init_stack) and its stack is mapped.

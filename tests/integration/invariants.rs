@@ -245,7 +245,16 @@ fn check_snapshot(
 
 #[test]
 fn churn_every_task_alive_at_stw1_appears_once_with_its_stw1_stack() {
-    churn(None);
+    churn(None, false);
+}
+
+/// The same with `Session::set_reuse_unchanged` (what `record` and `top` use): phase
+/// tasks that nap across several snapshots are recorded from an earlier snapshot's stack,
+/// and every one of those stacks must still be the depth of the phase the task was in at
+/// STW 1 — a task that ran in between (and changed depth) must not be reused.
+#[test]
+fn churn_with_stacks_reused_across_snapshots() {
+    churn(None, true);
 }
 
 /// The same checks for 30 s of back-to-back snapshots (`GPROF_CHURN_SECS`; .ci/run runs
@@ -257,26 +266,28 @@ fn churn_for_30s_every_task_alive_at_stw1_appears_once_with_its_stw1_stack() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
-    churn(Some(std::time::Duration::from_secs(secs)));
+    churn(Some(std::time::Duration::from_secs(secs)), false);
 }
 
 /// 36 snapshots, or as many as `duration` allows (at least 36).
-fn churn(duration: Option<std::time::Duration>) {
+fn churn(duration: Option<std::time::Duration>, reuse: bool) {
     let t0 = std::time::Instant::now();
-    let mut t = Target::start(
-        "churn",
-        &[
-            "--workers",
-            "2",
-            "--phase",
-            "200",
-            "--spawners",
-            "4",
-            "--inflight",
-            "128",
-        ],
-    );
+    let mut args = vec![
+        "--workers",
+        "2",
+        "--phase",
+        "200",
+        "--spawners",
+        "4",
+        "--inflight",
+        "128",
+    ];
+    if reuse {
+        args.extend(["--nap", "3"]);
+    }
+    let mut t = Target::start("churn", &args);
     let mut session = Session::attach(t.pid).expect("attach");
+    session.set_reuse_unchanged(reuse);
     let mut snaps = Vec::new();
     let mut i = 0;
     while i < 36 || duration.is_some_and(|d| t0.elapsed() < d) {
@@ -345,6 +356,13 @@ fn churn(duration: Option<std::time::Duration>) {
         total(|s| s.recorded_tool),
         total(|s| s.recorded_runtime),
     );
+    if reuse {
+        let reused = total(|s| s.reused);
+        assert!(reused > 0, "no stack was reused across snapshots");
+        eprintln!("churn: {reused} task records reused from an earlier snapshot");
+    } else {
+        assert_eq!(total(|s| s.reused), 0, "reuse was off");
+    }
     // The test means something only if every recording path was taken.
     for how in ["tool", "runtime", "stw"] {
         assert!(

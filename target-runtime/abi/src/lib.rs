@@ -85,7 +85,7 @@ pub const DESCRIPTOR_SYMBOL: &str = "GPROF_RT_DESCRIPTOR";
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GPROFRT1");
 
 /// Version of everything in this crate. Bumped on any change of layout or protocol.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Bytes reserved for the [`ControlBlock`] at offset 0 of the region.
 pub const CONTROL_SIZE: u64 = 4096;
@@ -94,7 +94,7 @@ pub const WORKER_CAP: u32 = 256;
 /// Bytes of a slot's inline name.
 pub const NAME_CAP: usize = 40;
 /// Bytes of a slot's inline labels (`key\0value\0` pairs).
-pub const LABELS_CAP: usize = 352;
+pub const LABELS_CAP: usize = 344;
 /// Largest stack copy (bytes) one record keeps; deeper stacks are truncated and flagged.
 pub const MAX_STACK_COPY: u64 = 256 * 1024;
 
@@ -281,6 +281,11 @@ pub struct TaskSlot {
     pub name_len: AtomicU32,
     /// Registers saved when the task last switched away.
     pub saved: SavedRegs,
+    /// Times a worker has switched into the task (wrapping). Written only by the worker
+    /// about to resume it, before the switch. A profiler that sees the same value as at
+    /// an earlier sample knows the task has not run since: its stack, saved registers,
+    /// name and labels are those it recorded then (ABI v4).
+    pub resumes: AtomicU64,
     /// Lowest usable stack address (just above the guard page).
     pub stack_lo: AtomicU64,
     /// One past the highest stack address (the stack's top).
