@@ -66,6 +66,12 @@
 //! slot; it looks at it again after its walk. Task exit stores `task_id = 0` and
 //! `prof = FREE` after the task is SATISFIED for any active session.
 //!
+//! Resume count (v4): the worker about to switch into a task stores `resumes + 1` after
+//! the barrier and before the switch. A profiler that holds a task `IN_PROGRESS` and
+//! finds its `task_id` and `resumes` equal to those of an earlier record knows the task
+//! has not run since, so that record's stack still holds. Never for a task recorded at
+//! STW 1: it may be running, and a running task changes its stack without a new resume.
+//!
 //! Liveness: the profiler holds `flock(LOCK_EX)` on its own open of `/proc/PID/fd/N`
 //! and bumps `heartbeat`. The runtime probes the lock with `LOCK_SH | LOCK_NB` on its
 //! own descriptor: if it can take it, the profiler is gone and the session is aborted.
