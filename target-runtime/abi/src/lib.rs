@@ -69,7 +69,9 @@
 //! Resume count (v4): the worker about to switch into a task stores `resumes + 1` after
 //! the barrier and before the switch. A profiler that holds a task `IN_PROGRESS` and
 //! finds its `task_id` and `resumes` equal to those of an earlier record knows the task
-//! has not run since, so that record's stack still holds. Never for a task recorded at
+//! has not run since, so that record's frames still hold (a waker may have written a
+//! value into a local of the parked task, never into its return addresses or saved
+//! registers). Never for a task recorded at
 //! STW 1: it may be running, and a running task changes its stack without a new resume.
 //!
 //! Liveness: the profiler holds `flock(LOCK_EX)` on its own open of `/proc/PID/fd/N`
@@ -289,8 +291,10 @@ pub struct TaskSlot {
     pub saved: SavedRegs,
     /// Times a worker has switched into the task (wrapping). Written only by the worker
     /// about to resume it, before the switch. A profiler that sees the same value as at
-    /// an earlier sample knows the task has not run since: its stack, saved registers,
-    /// name and labels are those it recorded then (ABI v4).
+    /// an earlier sample knows the task has not run since: its frames, saved registers,
+    /// name and labels are those it recorded then (ABI v4). (Its locals may have
+    /// changed: a waker can hand a value into a parked task's frame. Return addresses
+    /// and saved registers only change when the task runs.)
     pub resumes: AtomicU64,
     /// Lowest usable stack address (just above the guard page).
     pub stack_lo: AtomicU64,
