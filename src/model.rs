@@ -75,6 +75,9 @@ pub enum RecordedBy {
 pub struct TaskRecord {
     /// Task id (unique for the life of the process).
     pub id: u64,
+    /// Index of the task's slot in the target's task table: a task keeps its slot for
+    /// life, and no two live tasks share one.
+    pub slot: u32,
     /// Optional name given at spawn.
     pub name: Option<String>,
     /// `gprof_abi::TaskState` value.

@@ -56,6 +56,7 @@ fn own_modules() -> Vec<ModuleInfo> {
 fn task(id: u64, stack: u32, labels: &[(&str, &str)]) -> TaskRecord {
     TaskRecord {
         id,
+        slot: id as u32,
         name: None,
         state: gprof_abi::TaskState::WAITING,
         wait_reason: gprof_abi::WaitReason::CHAN_RECV,
@@ -466,6 +467,7 @@ fn synthetic() -> (Snapshot, Symbolizer) {
         |id: u64, stack: u32, state: u32, reason: u32, wait_ns: u64, labels: &[(&str, &str)]| {
             TaskRecord {
                 id,
+                slot: id as u32,
                 name: None,
                 state,
                 wait_reason: reason,
