@@ -9,7 +9,6 @@ use crate::snapshot::Session;
 use crate::symbolize::Symbolizer;
 use crate::unwind::ProcFiles;
 use gprof_abi::TaskState;
-use std::io::{BufWriter, Write};
 
 /// Run a validated command.
 pub fn run(cmd: Command) -> Result<()> {
@@ -143,26 +142,11 @@ fn write_output(
     output: &Output,
     oldest_wait: bool,
 ) -> Result<()> {
-    let mut w: Box<dyn Write> = match output {
-        Output::Stdout => Box::new(BufWriter::new(std::io::stdout().lock())),
-        Output::File(p) => Box::new(BufWriter::new(std::fs::File::create(p).map_err(|e| {
-            Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("cannot create {}: {e}", p.display()),
-            ))
-        })?)),
-    };
-    let r = match format {
-        OutputFormat::Pprof => crate::output::pprof::write_pprof(snap, sym, &mut w),
-        OutputFormat::Text => crate::output::text::write_text_with(snap, sym, &mut w, oldest_wait),
-        OutputFormat::Tasks => crate::output::text::write_tasks(snap, sym, &mut w),
-    };
-    match r.and_then(|_| w.flush()) {
-        Ok(()) => Ok(()),
-        // `gprof-rs attach N | head` is fine.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Error::Io(e)),
-    }
+    crate::output::write_to(output, |w| match format {
+        OutputFormat::Pprof => crate::output::pprof::write_pprof(snap, sym, w),
+        OutputFormat::Text => crate::output::text::write_text_with(snap, sym, w, oldest_wait),
+        OutputFormat::Tasks => crate::output::text::write_tasks(snap, sym, w),
+    })
 }
 
 fn print_stats(s: &Snapshot) {

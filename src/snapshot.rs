@@ -52,9 +52,19 @@ const RED_ZONE: u64 = 128;
 /// Tasks held IN_PROGRESS at once, so that their stacks are read in one
 /// `process_vm_readv` call.
 const BATCH: usize = 128;
-/// While a walk is delayed ([`Session::set_walk_delay`]), how often the runtime's
+/// While a walk is delayed ([`Session::set_periodic`]), how often the runtime's
 /// progress is looked at.
 const WALK_POLL: Duration = Duration::from_micros(500);
+
+/// How long a periodic snapshot waits after STW 1 before the tool walks the task table
+/// ([`Session::set_periodic`]): a quarter of the interval, at most [`MAX_WALK_DELAY`].
+/// The wait ends earlier at the first poll that sees the runtime record nothing more.
+pub fn walk_delay(interval: Duration) -> Duration {
+    (interval / 4).min(MAX_WALK_DELAY)
+}
+
+/// Upper bound of [`walk_delay`].
+pub const MAX_WALK_DELAY: Duration = Duration::from_millis(25);
 
 /// How long one stop may take before the threads that did not stop are given up on.
 const STOP_DEADLINE: Duration = Duration::from_secs(2);
@@ -254,23 +264,21 @@ impl Session {
         &self.modules
     }
 
-    /// Wait this long after STW 1 before walking the task table (default: no wait).
+    /// Configure the session for snapshots taken every `interval` (`record`, `top`):
     ///
-    /// While the session is active, the runtime records every absent task itself just
-    /// before it resumes it, with an in-process copy of a stack it is about to touch
-    /// anyway. The tool's copy costs a `process_vm_readv` page pin per task. Periodic
-    /// sampling, where a late file does not matter, waits so that busy tasks record
-    /// themselves and the tool copies only the ones that stayed parked. Consistency does
-    /// not depend on it: every stack is still the one of STW 1.
-    pub fn set_walk_delay(&mut self, delay: Duration) {
-        self.walk_delay = delay;
-    }
-
-    /// Return each snapshot's tasks in no particular order (default: sorted by id).
-    /// Aggregating consumers (`record`, `top`) do not need the order, and sorting 10k
-    /// task records was 8 % of `record`'s time at 10 Hz.
-    pub fn set_unordered(&mut self, unordered: bool) {
-        self.unordered = unordered;
+    /// * Wait after STW 1 before walking the task table ([`walk_delay`]). While the
+    ///   session is active the runtime records every absent task itself just before it
+    ///   resumes it, with an in-process copy of a stack it is about to touch anyway; the
+    ///   tool's copy costs a `process_vm_readv` page pin per task. So busy tasks record
+    ///   themselves and the tool copies only the ones that stay parked. Consistency does
+    ///   not depend on it: every stack is still the one of STW 1.
+    /// * Return tasks in no particular order: aggregating consumers do not need it, and
+    ///   sorting 10k task records was 8 % of `record`'s time at 10 Hz.
+    /// * Reuse unchanged stacks ([`Session::set_reuse_unchanged`]).
+    pub fn set_periodic(&mut self, interval: Duration) {
+        self.walk_delay = walk_delay(interval);
+        self.unordered = true;
+        self.set_reuse_unchanged(true);
     }
 
     /// Reuse, from one snapshot to the next, the stack of every task that has not been

@@ -362,9 +362,7 @@ impl Refresher {
 pub fn run(c: &TopConfig) -> Result<()> {
     crate::snapshot::install_interrupt_handler();
     let mut session = Session::attach(c.pid)?;
-    session.set_walk_delay(crate::record::walk_delay(c.interval));
-    session.set_unordered(true);
-    session.set_reuse_unchanged(true);
+    session.set_periodic(c.interval);
     crate::record::retain_freed_memory();
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", c.pid)).unwrap_or_default();
     let mut r = Refresher {

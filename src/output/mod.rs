@@ -35,18 +35,49 @@ pub struct Group<'a> {
 /// Sorted label pairs of one task.
 pub type LabelSet<'a> = Vec<(&'a str, &'a str)>;
 
+/// Create `output` (stdout, or a file created or truncated), let `write` fill it, and
+/// flush it. A reader that closed the pipe early (`gprof-rs attach N | head`) is not an
+/// error.
+pub fn write_to(
+    output: &crate::config::Output,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> crate::error::Result<()> {
+    use crate::config::Output;
+    use crate::error::Error;
+    use std::io::{BufWriter, Write};
+    let mut w: Box<dyn Write> = match output {
+        Output::Stdout => Box::new(BufWriter::new(std::io::stdout().lock())),
+        Output::File(p) => Box::new(BufWriter::new(std::fs::File::create(p).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot create {}: {e}", p.display()),
+            ))
+        })?)),
+    };
+    match write(&mut w).and_then(|_| w.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Error::Io(e)),
+    }
+}
+
+/// A task's labels as sorted borrowed pairs, the key its group is found by.
+pub(crate) fn label_set(t: &crate::model::TaskRecord) -> LabelSet<'_> {
+    let mut labels: LabelSet<'_> = t
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    labels.sort();
+    labels
+}
+
 /// Group the snapshot's tasks by (stack, labels), most frequent first; ties are
 /// broken by the stack's addresses, then the labels, so the order is deterministic.
 pub fn group_tasks(snapshot: &Snapshot) -> Vec<Group<'_>> {
     let mut counts: FxHashMap<(StackId, LabelSet<'_>), u64> = FxHashMap::default();
     for t in &snapshot.tasks {
-        let mut labels: LabelSet<'_> = t
-            .labels
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        labels.sort();
-        *counts.entry((t.stack, labels)).or_default() += 1;
+        *counts.entry((t.stack, label_set(t))).or_default() += 1;
     }
     let mut groups: Vec<Group<'_>> = counts
         .into_iter()

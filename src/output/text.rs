@@ -115,13 +115,7 @@ pub fn write_text_with(
 fn oldest_per_group(snapshot: &Snapshot) -> HashMap<(StackId, LabelSet<'_>), &TaskRecord> {
     let mut out: HashMap<(StackId, LabelSet<'_>), &TaskRecord> = HashMap::new();
     for t in &snapshot.tasks {
-        let mut labels: LabelSet<'_> = t
-            .labels
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        labels.sort();
-        let e = out.entry((t.stack, labels)).or_insert(t);
+        let e = out.entry((t.stack, super::label_set(t))).or_insert(t);
         if (t.wait_ns, std::cmp::Reverse(t.id)) > (e.wait_ns, std::cmp::Reverse(e.id)) {
             *e = t;
         }

@@ -19,7 +19,7 @@
 pub mod agg;
 pub mod launch;
 
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -79,9 +79,7 @@ pub fn record(
     on_first: &mut dyn FnMut(&Recording),
 ) -> (Recording, Ended) {
     let mut rec = Recording::new(session.pid(), session.modules().to_vec(), opts.interval);
-    session.set_walk_delay(walk_delay(opts.interval));
-    session.set_unordered(true);
-    session.set_reuse_unchanged(true);
+    session.set_periodic(opts.interval);
     retain_freed_memory();
     sym.set_modules(session.modules());
     let bar = progress_bar(opts);
@@ -150,17 +148,6 @@ pub fn record(
     }
     (rec, ended)
 }
-
-/// How long a periodic snapshot waits after STW 1 before the tool walks the task table
-/// ([`Session::set_walk_delay`]): a quarter of the interval, at most [`MAX_WALK_DELAY`].
-/// Tasks that run in that window record themselves in the target; on a busy target
-/// that is most of them, and it is what keeps sampling cheap for the target.
-pub fn walk_delay(interval: Duration) -> Duration {
-    (interval / 4).min(MAX_WALK_DELAY)
-}
-
-/// Upper bound of [`walk_delay`].
-pub const MAX_WALK_DELAY: Duration = Duration::from_millis(25);
 
 /// Keep memory freed by one snapshot for the next. glibc hands large blocks back to the
 /// kernel on free (above the mmap and trim thresholds), so each snapshot of 10k tasks
@@ -354,25 +341,11 @@ pub fn write_recording(
     format: RecordFormat,
     output: &Output,
 ) -> Result<()> {
-    let mut w: Box<dyn Write> = match output {
-        Output::Stdout => Box::new(BufWriter::new(std::io::stdout().lock())),
-        Output::File(p) => Box::new(BufWriter::new(std::fs::File::create(p).map_err(|e| {
-            Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("cannot create {}: {e}", p.display()),
-            ))
-        })?)),
-    };
     use crate::output::sampled;
-    let r = match format {
-        RecordFormat::Pprof => sampled::write_pprof(rec, sym, &mut w),
-        RecordFormat::Folded => sampled::write_folded(rec, sym, &mut w),
-        RecordFormat::Flamegraph => sampled::write_flamegraph(rec, sym, &mut w),
-        RecordFormat::Speedscope => sampled::write_speedscope(rec, sym, &mut w),
-    };
-    match r.and_then(|_| w.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Error::Io(e)),
-    }
+    crate::output::write_to(output, |w| match format {
+        RecordFormat::Pprof => sampled::write_pprof(rec, sym, w),
+        RecordFormat::Folded => sampled::write_folded(rec, sym, w),
+        RecordFormat::Flamegraph => sampled::write_flamegraph(rec, sym, w),
+        RecordFormat::Speedscope => sampled::write_speedscope(rec, sym, w),
+    })
 }
