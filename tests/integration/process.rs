@@ -362,6 +362,39 @@ fn stop_threads_holds_only_the_listed_threads() {
     assert_eq!(eintr, 0, "blocked read/futex/nanosleep saw EINTR");
 }
 
+/// A worker that appears after a stop began is added to it (`WorldStop::extend`, what
+/// STW 1 does for a worker that published its TID late): already-held threads are not
+/// seized twice, untrusted TIDs are skipped, the rest of the process runs on.
+#[test]
+fn a_stop_extended_with_late_threads_holds_them_too() {
+    let fake = Fake::variant("ok");
+    let pid = fake.pid;
+    let all = threads_of(pid);
+    let outsider = std::process::id();
+    let mut tracer = Tracer::new(pid).unwrap();
+    for _ in 0..10 {
+        let mut stop = tracer.stop_threads(&[all[1]], deadline()).unwrap();
+        stop.extend(&[all[1], all[3], outsider, 0], deadline())
+            .unwrap();
+        let tids: Vec<u32> = stop.threads().iter().map(|t| t.tid).collect();
+        assert_eq!(tids, vec![all[1], all[3]]);
+        assert!(stop.unstopped().is_empty());
+        for &t in &all {
+            let st = thread_state(pid, t);
+            if t == all[1] || t == all[3] {
+                assert_eq!(st, Some('t'), "held thread {t} is ptrace-stopped");
+            } else {
+                assert_ne!(st, Some('t'), "thread {t} was stopped");
+            }
+        }
+        stop.resume();
+    }
+    drop(tracer);
+    assert_eq!(tracer_pid(pid), 0);
+    let (eintr, _) = fake.finish();
+    assert_eq!(eintr, 0, "blocked read/futex/nanosleep saw EINTR");
+}
+
 #[test]
 fn thread_churn_still_stops_completely() {
     let fake = Fake::start(&["--churn"]);
