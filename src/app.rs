@@ -164,4 +164,10 @@ fn print_stats(s: &Snapshot) {
         st.torn,
         st.bytes_copied,
     );
+    eprintln!(
+        "gprof-rs: phases: waited {:.2} ms for the runtime, walked {:.2} ms, read its records {:.2} ms",
+        st.wait_ns as f64 / 1e6,
+        st.walk_ns as f64 / 1e6,
+        st.arena_ns as f64 / 1e6,
+    );
 }

@@ -13,7 +13,7 @@
 use crate::locate::{validate_descriptor, validate_header, DescriptorCopy, HeaderCopy};
 use crate::process::memory::pod_from_bytes;
 use crate::unwind::{file::parse_proc_maps, LocalFiles, Unwinder, DEFAULT_MAX_FRAMES};
-use gprof_abi::{ControlBlock, Descriptor};
+use gprof_abi::{ControlBlock, Descriptor, LABELS_CAP, SLOT_COPY_MIN};
 use std::mem::size_of;
 
 /// Bytes of a descriptor and a control block, at the start of an [`abi_parse`] input.
@@ -220,6 +220,7 @@ pub fn valid_abi_input(p: &mut Prng) -> Vec<u8> {
     let mut used = 0u64;
     for _ in 0..(p.next_u64() % 4) {
         let len = p.next_u64() % 256;
+        let slot_len = SLOT_COPY_MIN + p.next_u64() % (LABELS_CAP as u64 + 1);
         let rec = ArenaRecord {
             slot: (p.next_u64() % 64) as u32,
             flags: 0,
@@ -228,11 +229,12 @@ pub fn valid_abi_input(p: &mut Prng) -> Vec<u8> {
             sp: p.next_u64(),
             pc: p.next_u64(),
             fp: p.next_u64(),
-            stack_len: len,
+            stack_len: len as u32,
+            slot_len: slot_len as u32,
             state: 3,
             wait_reason: 2,
         };
-        let mut bytes = vec![0u8; ArenaRecord::footprint(len) as usize];
+        let mut bytes = vec![0u8; ArenaRecord::footprint(slot_len, len) as usize];
         // SAFETY: ArenaRecord is plain integers (repr(C), 64 bytes); `bytes` is longer.
         let raw = unsafe {
             std::slice::from_raw_parts(
@@ -246,6 +248,8 @@ pub fn valid_abi_input(p: &mut Prng) -> Vec<u8> {
         used += bytes.len() as u64;
         v.extend_from_slice(&bytes);
     }
+    // A writer leaves room for a whole-slot view after its last record (abi docs).
+    v.resize(v.len() + ArenaRecord::MIN_SPAN as usize, 0);
     let used_at = c + std::mem::offset_of!(ControlBlock, arena_used);
     put(&mut v, used_at, &arena::pack(g, used).to_le_bytes());
     v

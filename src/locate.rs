@@ -747,9 +747,10 @@ impl Region {
         // The lease (reliability.md §3.3 tool side step 1): EWOULDBLOCK = another profiler.
         // SAFETY: flock on a descriptor we own; no memory is involved.
         let r = unsafe { libc::flock(region.file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        let e = io::Error::last_os_error();
+        let busy = r != 0 && e.raw_os_error() == Some(libc::EWOULDBLOCK);
+        if r != 0 && !(busy && region.retry_runtime_probe()) {
+            if busy {
                 let owner_pid = region
                     .control()
                     .owner_pid
@@ -765,6 +766,30 @@ impl Region {
             std::sync::atomic::Ordering::Release,
         );
         Ok(region)
+    }
+
+    /// The lock is taken but nobody claims the lease (`owner_pid` 0): the runtime itself
+    /// holds `LOCK_SH` for a moment, to probe whether a profiler is alive or while it
+    /// gives arena pages back (abi docs, "Profile helper"). Try again for a little
+    /// while; a profiler that holds the lease keeps it, and stamps `owner_pid` at once.
+    fn retry_runtime_probe(&self) -> bool {
+        const RUNTIME_PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+        let t = std::time::Instant::now();
+        loop {
+            let owner = self
+                .control()
+                .owner_pid
+                .load(std::sync::atomic::Ordering::Acquire);
+            if owner != 0 || t.elapsed() > RUNTIME_PROBE_WAIT {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            // SAFETY: flock on a descriptor we own; no memory is involved.
+            let r = unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r == 0 {
+                return true;
+            }
+        }
     }
 
     /// Copy the plain header fields once, with volatile reads (TOCTOU rule of
@@ -863,6 +888,35 @@ impl Region {
     /// Length of the arena.
     pub fn arena_len(&self) -> u64 {
         self.layout.arena_len
+    }
+
+    /// Like [`Region::read_arena`], through the file (`pread`) instead of the mapping:
+    /// for reading the whole arena once, where touching it through the mapping would
+    /// fault its pages in (and unmap them at exit) one fault-around block at a time.
+    /// Returns the bytes read, fewer only at the end of the file.
+    pub fn pread_arena(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|e| e > self.layout.arena_len) {
+            return Err(Error::bad(format!(
+                "arena read [{offset:#x}, +{:#x}) is outside the {:#x}-byte arena",
+                buf.len(),
+                self.layout.arena_len
+            )));
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(
+                &mut buf[done..],
+                self.layout.arena_off + offset + done as u64,
+            ) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+        Ok(done)
     }
 
     /// Copy `buf.len()` arena bytes starting at `offset` (relative to the arena).

@@ -145,6 +145,12 @@ pub struct SnapshotStats {
     pub id_cutoff: u64,
     /// Generation of the profile session this snapshot was taken in.
     pub generation: u64,
+    /// After STW 1, waiting while the runtime recorded tasks itself, nanoseconds.
+    pub wait_ns: u64,
+    /// The tool's walk of the table (copy, unwind), nanoseconds.
+    pub walk_ns: u64,
+    /// After STW 2, reading and unwinding the runtime's arena records, nanoseconds.
+    pub arena_ns: u64,
 }
 
 /// A consistent picture of every task alive at STW 1.

@@ -28,12 +28,13 @@ use crate::process::stop::{StoppedThread, Tracer};
 use crate::unwind::{ProcFiles, Unwinder};
 use gprof_abi::{
     prof, session, ArenaRecord, TaskSlot, TaskState, LABELS_CAP, MAX_STACK_COPY, NAME_CAP,
+    SLOT_COPY_MIN,
 };
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,27 @@ pub fn walk_delay(interval: Duration) -> Duration {
 
 /// Upper bound of [`walk_delay`].
 pub const MAX_WALK_DELAY: Duration = Duration::from_millis(25);
+
+/// Longest wait for the runtime's profile helper (it records ~1M tasks a second; the
+/// runtime aborts a session after 10 s).
+const MAX_HELPER_WAIT: Duration = Duration::from_secs(5);
+/// Polls ([`WALK_POLL`]) without progress after which the tool stops waiting for the
+/// helper and walks the table itself.
+const HELPER_PATIENCE: u32 = 4;
+
+/// Longest wait for the runtime's profile helper to start (`help_ack`): it was asleep,
+/// and on a busy machine it waits for a CPU. A helper that cannot run at all (a
+/// job-stopped target) costs this once.
+const HELPER_START_WAIT: Duration = Duration::from_millis(20);
+
+/// Wake the runtime's profile helper, asleep on `word` (abi docs, "Profile helper").
+fn wake_helper(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: `word` is an aligned u32 in our shared mapping of the region, which
+    // outlives the call. Not FUTEX_PRIVATE: the waiter is another process, and a shared
+    // futex on a MAP_SHARED file mapping is keyed by the file page, the same in both.
+    // A failure (the helper is gone) only means nobody records for us: we walk anyway.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1) };
+}
 
 /// How long one stop may take before the threads that did not stop are given up on.
 const STOP_DEADLINE: Duration = Duration::from_secs(2);
@@ -171,6 +193,8 @@ pub struct Session {
     unordered: bool,
     /// Reuse the stacks of tasks not resumed since the previous snapshot.
     reuse: bool,
+    /// See [`Session::set_runtime_helper`].
+    use_helper: bool,
     cache: StackCache,
 }
 
@@ -220,6 +244,8 @@ impl Session {
             walk_delay: Duration::ZERO,
             unordered: false,
             reuse: false,
+            // For benchmarks that compare both ways.
+            use_helper: std::env::var_os("GPROF_RS_NO_HELPER").is_none(),
             cache: StackCache::default(),
         })
     }
@@ -279,6 +305,14 @@ impl Session {
         self.walk_delay = walk_delay(interval);
         self.unordered = true;
         self.set_reuse_unchanged(true);
+    }
+
+    /// Whether a concurrent snapshot without stack reuse asks the runtime's profile
+    /// helper to record the parked tasks in-process (abi docs, "Profile helper"). On by
+    /// default (off with `GPROF_RS_NO_HELPER` in the environment, for benchmarks that
+    /// compare both ways); off, the tool copies every task itself.
+    pub fn set_runtime_helper(&mut self, on: bool) {
+        self.use_helper = on;
     }
 
     /// Reuse, from one snapshot to the next, the stack of every task that has not been
@@ -378,6 +412,18 @@ impl Session {
         if interrupted() {
             return Err(Error::Interrupted);
         }
+        // A one-shot snapshot asks the runtime's profile helper to record the parked
+        // tasks in-process (abi docs, "Profile helper"): a memcpy there instead of a
+        // page-pinning system call here. Not when stacks are reused across samples:
+        // the helper would copy every task again, which the reuse exists to avoid.
+        let helping = mode == Mode::Concurrent
+            && !self.reuse
+            && self.use_helper
+            && cb.helper_tid.load(Acquire) != 0;
+        if helping {
+            cb.help_seq.fetch_add(1, Release);
+            wake_helper(&cb.help_seq);
+        }
 
         let cache = self.reuse.then_some(&mut self.cache);
         let mut fin = Finisher::new(
@@ -389,22 +435,41 @@ impl Session {
         );
         if mode == Mode::Concurrent {
             // ---- concurrent walk ----
-            if !self.walk_delay.is_zero() {
+            let t_wait = Instant::now();
+            if !self.walk_delay.is_zero() || helping {
                 // While the runtime keeps recording tasks, or until it has recorded
-                // as many as were alive at STW 1, at most the delay: once a poll sees
-                // no progress the tasks left are parked, and waiting longer only keeps
-                // the session (during which every switch checks the barrier) open.
-                // The counts are the target's: they decide when to walk, never what
-                // is recorded.
-                let until = Instant::now() + self.walk_delay;
+                // as many as were alive at STW 1, at most the delay: once polls see
+                // no progress the tasks left are parked (or the helper cannot run: a
+                // job-stopped target), and waiting longer only keeps the session
+                // (during which every switch checks the barrier) open. The counts are
+                // the target's: they decide when to walk, never what is recorded.
+                let (delay, patience) = if helping {
+                    // The helper needs a moment to be scheduled.
+                    (MAX_HELPER_WAIT, HELPER_PATIENCE)
+                } else {
+                    (self.walk_delay, 1)
+                };
+                let until = Instant::now() + delay;
                 let mut last = 0;
+                let mut still = 0;
                 loop {
                     crate::record::sleep_until(Instant::now() + WALK_POLL);
+                    cb.heartbeat.fetch_add(1, Relaxed);
                     let by_runtime = cb
                         .self_recorded
                         .load(Acquire)
                         .wrapping_sub(self_recorded_at_stw1);
-                    if by_runtime == last
+                    // A helper not yet running (woken, waiting for a CPU) has not
+                    // stalled: give it up to HELPER_START_WAIT to begin.
+                    let starting = helping
+                        && cb.help_ack.load(Acquire) != g
+                        && t_wait.elapsed() < HELPER_START_WAIT;
+                    still = if by_runtime == last && !starting {
+                        still + 1
+                    } else {
+                        0
+                    };
+                    if still >= patience
                         || by_runtime.saturating_add(stats.recorded_stw) >= live_at_stw1
                         || Instant::now() >= until
                         || interrupted()
@@ -417,6 +482,8 @@ impl Session {
                     return Err(Error::Interrupted);
                 }
             }
+            stats.wait_ns = t_wait.elapsed().as_nanos() as u64;
+            let t_walk = Instant::now();
             let mut skipped = Vec::new();
             for c in std::mem::take(&mut copies) {
                 fin.add(c);
@@ -469,6 +536,7 @@ impl Session {
                 )?;
             }
 
+            stats.walk_ns = t_walk.elapsed().as_nanos() as u64;
             failpoint("before-stw2");
             if interrupted() {
                 return Err(Error::Interrupted);
@@ -492,8 +560,20 @@ impl Session {
             // A worker that won a task's CAS before STW 2 may not have reserved its arena
             // record yet (its thread was descheduled): the task is in no other record, so
             // wait for its hold to end and read the arena's length again.
-            let used = used.max(wait_runtime_holds(&self.region, g, slot_cap));
-            stats.recorded_runtime = read_arena(&self.region, g, used, &mut |c| fin.add(c))?;
+            let t_arena = Instant::now();
+            let (used_now, settled) = wait_runtime_holds(&self.region, g, slot_cap);
+            let used = used.max(used_now);
+            stats.recorded_runtime =
+                read_arena(&self.region, g, used, settled, &mut |c| fin.add(c)).map_err(|e| {
+                    // A target that died while one of its threads was writing a record
+                    // leaves it unfinished: say that it died, not that it lied.
+                    if crate::record::process_gone(self.pid) {
+                        Error::ProcessExited { pid: self.pid }
+                    } else {
+                        e
+                    }
+                })?;
+            stats.arena_ns = t_arena.elapsed().as_nanos() as u64;
         } else {
             for c in copies {
                 fin.add(c);
@@ -565,8 +645,17 @@ struct SlotCopy {
 
 impl SlotCopy {
     fn load(s: &TaskSlot) -> SlotCopy {
+        SlotCopy::load_prefix(s, LABELS_CAP)
+    }
+
+    /// [`SlotCopy::load`] of a slot copy that holds only `labels_cap` bytes of labels
+    /// (an arena record's, abi docs `ArenaRecord`): the bytes after them are not the
+    /// slot's, so labels that claim to be longer are cut there.
+    fn load_prefix(s: &TaskSlot, labels_cap: usize) -> SlotCopy {
         let name_len = (s.name_len.load(Relaxed) as usize).min(NAME_CAP);
-        let labels_len = (s.labels_len.load(Relaxed) as usize).min(LABELS_CAP);
+        let labels_len = (s.labels_len.load(Relaxed) as usize)
+            .min(LABELS_CAP)
+            .min(labels_cap);
         SlotCopy {
             id: s.task_id.load(Acquire),
             resumes: s.resumes.load(Acquire),
@@ -834,9 +923,10 @@ fn walk(
 }
 
 /// After STW 2: wait (bounded) until no slot is still held `IN_PROGRESS(g)` by a runtime
-/// thread, then return the arena's length. The tool holds nothing by now, so every such
-/// hold is a runtime thread between its CAS and its `SATISFIED` store.
-fn wait_runtime_holds(region: &Region, g: u64, slot_cap: u32) -> u64 {
+/// thread, then return the arena's length, and whether no hold was left. The tool holds
+/// nothing by now, so every such hold is a runtime thread between its CAS and its
+/// `SATISFIED` store.
+fn wait_runtime_holds(region: &Region, g: u64, slot_cap: u32) -> (u64, bool) {
     let cb = region.control();
     let hwm = cb.slot_hwm.load(Acquire).min(u64::from(slot_cap)) as u32;
     let in_progress = prof::pack(g, prof::IN_PROGRESS);
@@ -851,7 +941,10 @@ fn wait_runtime_holds(region: &Region, g: u64, slot_cap: u32) -> u64 {
         std::thread::yield_now();
         holds.retain(held);
     }
-    arena_bytes(cb.arena_used.load(Acquire), g)
+    (
+        arena_bytes(cb.arena_used.load(Acquire), g),
+        holds.is_empty(),
+    )
 }
 
 /// Bytes of the arena that belong to session `g` (0 if the word is another session's).
@@ -863,37 +956,108 @@ fn arena_bytes(word: u64, g: u64) -> u64 {
     }
 }
 
-/// Records the runtime wrote itself, bounded and validated.
+/// Records the runtime wrote itself, bounded and validated. `settled`: no slot was held
+/// `IN_PROGRESS(g)` after STW 2, so every record of session `g` is complete (a record
+/// is written between the CAS that takes its task and the one that releases it), and
+/// the slots need not be looked at one by one (a cache miss each).
 fn read_arena(
     region: &Region,
     g: u64,
     used: u64,
+    settled: bool,
     sink: &mut dyn FnMut(Copy<&[u8]>),
 ) -> Result<u64> {
+    let slot_cap = region.layout().slot_cap;
+    let used = used.min(region.arena_len());
+    // The records are read in order through a window of the file (`pread`), so the
+    // whole arena costs one kernel copy per window and no page faults.
+    let window = std::cell::RefCell::new(ArenaWindow::new(region, used));
     parse_arena(
-        &mut |off, buf| region.read_arena(off, buf),
-        // The slot copy is read in place: only the fields a record needs, not 512 bytes.
-        &mut |off| {
-            region
-                .arena_slot(off)
-                .map(SlotCopy::load)
-                .ok_or_else(|| Error::bad(format!("arena slot copy at {off:#x} is misplaced")))
+        &mut |off, buf| window.borrow_mut().read(off, buf),
+        &mut |off, labels_cap| {
+            let mut raw = [0u8; size_of::<TaskSlot>()];
+            window
+                .borrow_mut()
+                .read(off, &mut raw)
+                .map_err(|_| Error::bad(format!("arena slot copy at {off:#x} is misplaced")))?;
+            let slot = pod_from_bytes::<TaskSlot>(&raw).expect("sized");
+            Ok(SlotCopy::load_prefix(&slot, labels_cap))
         },
-        &|slot| region.slot(slot).map(|s| s.prof.load(Acquire)),
+        &|slot| {
+            if settled {
+                // Any word but IN_PROGRESS: complete. `None` still marks a bad index.
+                (slot < slot_cap).then_some(prof::FREE)
+            } else {
+                region.slot(slot).map(|s| s.prof.load(Acquire))
+            }
+        },
         g,
-        used.min(region.arena_len()),
+        used,
         ARENA_WAIT,
         sink,
     )
 }
 
-/// [`read_arena`] over any source of arena bytes (`read`) and profile words of slots
-/// (`prof_of`), waiting at most `wait` in all for records that look unfinished. Each
+/// Bytes of the arena read per `pread`.
+const ARENA_WINDOW: usize = 1 << 20;
+
+/// A moving window over the arena file, refilled forward as the records are read.
+struct ArenaWindow<'r> {
+    region: &'r Region,
+    /// Arena offset of `buf[0]`.
+    start: u64,
+    buf: Vec<u8>,
+    /// Bytes of `buf` that hold data.
+    filled: usize,
+    /// Where the arena's records end, plus room for a whole-slot view of the last one.
+    limit: u64,
+}
+
+impl<'r> ArenaWindow<'r> {
+    fn new(region: &'r Region, used: u64) -> Self {
+        ArenaWindow {
+            region,
+            start: 0,
+            buf: Vec::new(),
+            filled: 0,
+            limit: (used + ArenaRecord::MIN_SPAN).min(region.arena_len()),
+        }
+    }
+
+    fn read(&mut self, off: u64, out: &mut [u8]) -> Result<()> {
+        let end = off.checked_add(out.len() as u64);
+        let inside =
+            |w: &Self| off >= w.start && end.is_some_and(|e| e <= w.start + w.filled as u64);
+        if !inside(self) {
+            if end.is_none_or(|e| e > self.limit) {
+                // Outside what was published: read it directly (and fail if it is
+                // outside the arena).
+                return self.region.read_arena(off, out);
+            }
+            let len = ARENA_WINDOW.max(out.len()).min((self.limit - off) as usize);
+            self.buf.resize(len, 0);
+            self.filled = self.region.pread_arena(off, &mut self.buf[..len])?;
+            self.start = off;
+            if !inside(self) {
+                return Err(Error::bad(format!(
+                    "arena read at {off:#x} came back short"
+                )));
+            }
+        }
+        let at = (off - self.start) as usize;
+        out.copy_from_slice(&self.buf[at..at + out.len()]);
+        Ok(())
+    }
+}
+
+/// [`read_arena`] over any source of arena bytes (`read`), slot copies (`slot_at`: the
+/// copy at an arena offset, with at most so many bytes of labels) and profile words of
+/// slots (`prof_of`), waiting at most `wait` in all for records that look unfinished. Each
 /// record of session `g` goes to `sink`, its stack borrowed from one reused buffer;
 /// returns how many did.
 fn parse_arena(
     read: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
-    slot_at: &mut dyn FnMut(u64) -> Result<SlotCopy>,
+    slot_at: &mut dyn FnMut(u64, usize) -> Result<SlotCopy>,
     prof_of: &dyn Fn(u32) -> Option<u64>,
     g: u64,
     used: u64,
@@ -903,7 +1067,8 @@ fn parse_arena(
     let mut count = 0;
     let mut stack = Vec::with_capacity(MAX_STACK_COPY as usize);
     let mut off = 0u64;
-    let hdr = ArenaRecord::STACK_OFFSET;
+    // The smallest record there is.
+    let hdr = ArenaRecord::footprint(SLOT_COPY_MIN, 0);
     let mut head = vec![0u8; ArenaRecord::SLOT_OFFSET as usize];
     // A runtime thread may still be writing a record it reserved just before STW 2: it
     // is running again and finishes within microseconds. One bounded wait for the whole
@@ -926,17 +1091,19 @@ fn parse_arena(
             }
             std::thread::yield_now();
         };
+        let (stack_len, slot_len) = (u64::from(rec.stack_len), u64::from(rec.slot_len));
         if rec.generation == 0
             || rec.generation > g
-            || rec.stack_len > MAX_STACK_COPY
+            || stack_len > MAX_STACK_COPY
+            || !(SLOT_COPY_MIN..=size_of::<TaskSlot>() as u64).contains(&slot_len)
             || prof_of(rec.slot).is_none()
         {
             return Err(Error::bad(format!(
-                "arena record at {off:#x} is malformed (slot {}, stack_len {}, generation {} of {g})",
-                rec.slot, rec.stack_len, rec.generation
+                "arena record at {off:#x} is malformed (slot {}, slot_len {slot_len}, stack_len {stack_len}, generation {} of {g})",
+                rec.slot, rec.generation
             )));
         }
-        let next = off + ArenaRecord::footprint(rec.stack_len);
+        let next = off + ArenaRecord::footprint(slot_len, stack_len);
         if next > used {
             break;
         }
@@ -944,9 +1111,12 @@ fn parse_arena(
             off = next;
             continue;
         }
-        let slot = slot_at(off + ArenaRecord::SLOT_OFFSET)?;
-        stack.resize(rec.stack_len as usize, 0);
-        read(off + hdr, &mut stack)?;
+        let slot = slot_at(
+            off + ArenaRecord::SLOT_OFFSET,
+            (slot_len - SLOT_COPY_MIN) as usize,
+        )?;
+        stack.resize(stack_len as usize, 0);
+        read(off + ArenaRecord::stack_offset(slot_len), &mut stack)?;
         count += 1;
         sink(Copy {
             index: rec.slot,
@@ -1265,14 +1435,20 @@ pub fn fuzz_slot_and_arena(slot: &[u8], arena: &[u8], g: u64, used: u64) -> usiz
     // Every slot held by its writer, so every record looks unfinished: the wait is
     // bounded by the budget (zero here), not by the number of records.
     let held = |_slot: u32| Some(prof::pack(g, prof::IN_PROGRESS));
-    let mut slot_at = |off: u64| -> Result<SlotCopy> {
+    let mut slot_at = |off: u64, labels_cap: usize| -> Result<SlotCopy> {
         let b = usize::try_from(off)
             .ok()
             .and_then(|o| arena.get(o..o.checked_add(size_of::<TaskSlot>())?))
             .ok_or_else(|| Error::bad("outside the arena"))?;
-        Ok(SlotCopy::load(
-            &pod_from_bytes::<TaskSlot>(b).expect("sized"),
-        ))
+        let c = SlotCopy::load_prefix(&pod_from_bytes::<TaskSlot>(b).expect("sized"), labels_cap);
+        assert!(
+            c.labels
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+                <= 3 * labels_cap
+        );
+        Ok(c)
     };
     let mut check = |c: Copy<&[u8]>| assert!(c.stack.len() as u64 <= MAX_STACK_COPY);
     match parse_arena(

@@ -10,8 +10,9 @@
 
 use crate::region;
 use crate::task::Task;
-use gprof_abi::{prof, session, ArenaRecord, ControlBlock, TaskSlot, MAX_STACK_COPY};
-use std::mem::size_of;
+use gprof_abi::{
+    prof, session, ArenaRecord, ControlBlock, TaskSlot, LABELS_CAP, MAX_STACK_COPY, SLOT_COPY_MIN,
+};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::time::{Duration, Instant};
@@ -80,7 +81,7 @@ fn barrier(cb: &ControlBlock, task: &Task, slot: &TaskSlot, s: u64) -> Option<Ba
             // `s` and a later session's STW 1 has meanwhile recorded the task (it is this
             // worker's current task) and marked it SATISFIED, that word must stay.
             let held = prof::pack(g, prof::IN_PROGRESS);
-            if record_self(cb, task, slot, g) {
+            if record_self(cb, task.slot, task.id, slot, g) {
                 cb.self_recorded.fetch_add(1, Relaxed);
                 let done = prof::pack(g, prof::SATISFIED);
                 let _ = slot.prof.compare_exchange(held, done, Release, Relaxed);
@@ -145,14 +146,22 @@ fn note_session(cb: &ControlBlock) {
     }
 }
 
-/// Copy the task's saved registers and live stack into the arena.
-fn record_self(cb: &ControlBlock, task: &Task, slot: &TaskSlot, g: u64) -> bool {
+/// Copy a held task's saved registers, slot fields and live stack into the arena.
+/// `false` when the arena is full, or the reservation fell into a newer session's.
+///
+/// The caller holds the task `IN_PROGRESS(g)`: nobody runs it, so its stack, saved
+/// registers, name and labels stand still during the copy.
+pub(crate) fn record_self(cb: &ControlBlock, index: u32, id: u64, slot: &TaskSlot, g: u64) -> bool {
     let region = region::get();
     let sp = slot.saved.sp.load(Relaxed);
     let hi = slot.stack_hi.load(Relaxed);
     let live = hi.saturating_sub(sp);
     let len = live.min(MAX_STACK_COPY);
-    let need = ArenaRecord::footprint(len);
+    // Only the labels in use: most tasks have none, and the copy is what a snapshot of
+    // every parked task costs in arena pages (abi docs, `ArenaRecord`).
+    let labels = u64::from(slot.labels_len.load(Relaxed)).min(LABELS_CAP as u64);
+    let slot_len = SLOT_COPY_MIN + labels;
+    let need = ArenaRecord::footprint(slot_len, len);
     let (arena, arena_len) = region.arena();
     let word = cb.arena_used.fetch_add(need, Relaxed);
     if !gprof_abi::arena::is_generation(word, g) {
@@ -161,39 +170,45 @@ fn record_self(cb: &ControlBlock, task: &Task, slot: &TaskSlot, g: u64) -> bool 
         return false;
     }
     let off = gprof_abi::arena::used(word);
-    if off.checked_add(need).is_none_or(|end| end > arena_len) {
+    // Room for the record and for a reader's whole-slot view of it (`MIN_SPAN`).
+    if off
+        .checked_add(need.max(ArenaRecord::MIN_SPAN))
+        .is_none_or(|end| end > arena_len)
+    {
         return false;
     }
     let rec = ArenaRecord {
-        slot: task.slot,
+        slot: index,
         flags: if live > len {
             ArenaRecord::FLAG_TRUNCATED
         } else {
             0
         },
-        task_id: task.id,
+        task_id: id,
         generation: g,
         sp,
         pc: slot.saved.pc.load(Relaxed),
         fp: slot.saved.fp.load(Relaxed),
-        stack_len: len,
+        stack_len: len as u32,
+        slot_len: slot_len as u32,
         state: slot.state.load(Relaxed),
         wait_reason: slot.wait_reason.load(Relaxed),
     };
     // SAFETY: [off, off + need) lies inside the arena (checked above) and was handed to
-    // us alone by the fetch_add; the stack bytes [sp, sp + len) are the task's own
-    // mapped stack, which nobody runs on while it is IN_PROGRESS.
+    // us alone by the fetch_add; the first `slot_len` <= size_of::<TaskSlot>() bytes of
+    // the slot are in the mapped table; the stack bytes [sp, sp + len) are the task's
+    // own mapped stack, which nobody runs on while it is IN_PROGRESS.
     unsafe {
         let dst = (arena + off) as *mut u8;
         std::ptr::write_unaligned(dst as *mut ArenaRecord, rec);
         std::ptr::copy_nonoverlapping(
             slot as *const TaskSlot as *const u8,
             dst.add(ArenaRecord::SLOT_OFFSET as usize),
-            size_of::<TaskSlot>(),
+            slot_len as usize,
         );
         std::ptr::copy_nonoverlapping(
             sp as *const u8,
-            dst.add(ArenaRecord::STACK_OFFSET as usize),
+            dst.add(ArenaRecord::stack_offset(slot_len) as usize),
             len as usize,
         );
     }
@@ -263,7 +278,7 @@ fn wait_for_profiler(cb: &ControlBlock, slot: &TaskSlot, s: u64) {
 /// The profiler opened `/proc/PID/fd/N` itself, so its lock lives on another open file
 /// description than the runtime's fd and the two conflict (flock(2): locks belong to
 /// open file descriptions). A dead profiler's lock is released by the kernel.
-fn profiler_gone() -> bool {
+pub(crate) fn profiler_gone() -> bool {
     let fd = region::get().fd();
     // SAFETY: flock on our own memfd; a shared, non-blocking probe.
     if unsafe { libc::flock(fd, libc::LOCK_SH | libc::LOCK_NB) } == 0 {

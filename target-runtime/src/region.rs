@@ -21,8 +21,10 @@ pub static GPROF_RT_DESCRIPTOR: Descriptor = Descriptor::new();
 
 /// Task slots in the table. Sparse: a slot costs memory only once used.
 pub const SLOT_CAP: u32 = 1 << 21;
-/// Bytes of the arena for stacks the runtime records itself.
-pub const ARENA_LEN: u64 = 64 << 20;
+/// Bytes of the arena for stacks the runtime records itself. Sparse, like the table:
+/// ~800 bytes per task a snapshot has the runtime record (the profile helper records
+/// every parked task), so 1 GiB holds a million.
+pub const ARENA_LEN: u64 = 1 << 30;
 
 /// The mapped region and the runtime's bookkeeping of free slots.
 pub struct Region {
@@ -188,6 +190,11 @@ impl Region {
     /// Start address and length of the arena.
     pub fn arena(&self) -> (u64, u64) {
         (self.base + self.arena_off, self.len - self.arena_off)
+    }
+
+    /// Offset of the arena in the memfd, and its length (for `fallocate`).
+    pub fn arena_range(&self) -> (u64, u64) {
+        (self.arena_off, self.len - self.arena_off)
     }
 
     /// Take a free slot, marked UNBORN. `None` when the table is full.

@@ -113,6 +113,7 @@ impl Builder {
             Some(s) => stack::validate_size(s).map_err(BuildError::InvalidStackSize)?,
         };
         let shared = Shared::new(workers, stack);
+        crate::profile_helper::ensure_started();
         let main = crate::task::spawn_on(
             &shared,
             crate::task::Builder::new().name("main"),

@@ -296,6 +296,9 @@ fn churn(duration: Option<std::time::Duration>, reuse: bool) {
         } else {
             Mode::Concurrent
         };
+        // Every other snapshot without the runtime's profile helper, so that the tool's
+        // own walk records parked tasks too (with it, the helper records them).
+        session.set_runtime_helper(i % 2 == 0);
         let snap = session
             .snapshot(mode)
             .unwrap_or_else(|e| panic!("snapshot #{i} ({mode:?}): {e}"));

@@ -2,6 +2,7 @@
 
 mod attach;
 mod cli_docs;
+mod helper;
 mod invariants;
 mod leak;
 mod lease;

@@ -42,9 +42,15 @@ pub struct Target {
 impl Target {
     /// Start example `name` with `args` and wait for its `READY <pid>` line.
     pub fn start(name: &str, args: &[&str]) -> Target {
+        Target::start_with_env(name, args, &[])
+    }
+
+    /// [`Target::start`] with extra environment variables.
+    pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Target {
         let exe = examples_dir().join(name);
         let mut child = Command::new(&exe)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

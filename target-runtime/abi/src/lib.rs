@@ -74,6 +74,26 @@
 //! registers). Never for a task recorded at
 //! STW 1: it may be running, and a running task changes its stack without a new resume.
 //!
+//! Profile helper (v5): one runtime thread (its TID in `helper_tid`) sleeps on the futex
+//! word `help_seq`. A profiler that wants the parked tasks recorded in-process (a
+//! one-shot snapshot) adds 1 to `help_seq` after STW 1 and wakes it. The helper then
+//! stores the session's generation in `help_ack` and walks the slots in order doing exactly what the profiler's walk does (step 2: CAS a
+//! slot absent for the session to `IN_PROGRESS(g)`, write an arena record, CAS to
+//! `SATISFIED(g)`, add 1 to `self_recorded`), stopping when the session word is no
+//! longer `g | ACTIVE` or the arena is full (it gives that task back and leaves the
+//! rest to the profiler, without counting `arena_full`). The helper is not a worker:
+//! the STWs do not stop it, and it needs not be stopped, since it only takes tasks that
+//! are not running, through the same CASes the profiler uses. The profiler waits (a
+//! little while for `help_ack`, then while `self_recorded` moves), then walks every
+//! slot itself (the helper's are SATISFIED and
+//! skipped), so a helper that never runs (a job-stopped target) costs one short wait.
+//! Arena pages stay allocated after a session, so that the next snapshot writes into
+//! memory that is already there (a fresh page costs ~4 us on a VM); the helper punches
+//! the arena out (`FALLOCATE_PUNCH_HOLE`) once no session has started for a while,
+//! holding `LOCK_SH` on the memfd meanwhile so that no profiler can take the lease
+//! (and start a session) during the punch. A profiler that finds the lock taken while
+//! `owner_pid` is 0 retries for a moment.
+//!
 //! Liveness: the profiler holds `flock(LOCK_EX)` on its own open of `/proc/PID/fd/N`
 //! and bumps `heartbeat`. The runtime probes the lock with `LOCK_SH | LOCK_NB` on its
 //! own descriptor: if it can take it, the profiler is gone and the session is aborted.
@@ -93,7 +113,7 @@ pub const DESCRIPTOR_SYMBOL: &str = "GPROF_RT_DESCRIPTOR";
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GPROFRT1");
 
 /// Version of everything in this crate. Bumped on any change of layout or protocol.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Bytes reserved for the [`ControlBlock`] at offset 0 of the region.
 pub const CONTROL_SIZE: u64 = 4096;
@@ -185,16 +205,18 @@ pub struct ControlBlock {
     pub arena_len: u64,
     /// Pid of the process that created the region.
     pub runtime_pid: u32,
-    /// Reserved.
-    pub _reserved0: u32,
+    /// Futex word of the runtime's profile helper (v5): the profiler adds 1 after STW 1
+    /// and wakes it (`FUTEX_WAKE`, not private: the word is in a shared mapping) to have
+    /// the runtime record the parked tasks itself. See "Profile helper" in the crate docs.
+    pub help_seq: AtomicU32,
     /// Slots `[0, slot_hwm)` have ever been used; the profiler walks only those.
     pub slot_hwm: AtomicU64,
     /// Next task id to hand out (ids start at 1).
     pub next_task_id: AtomicU64,
     /// Number of worker records in use, `[0, worker_count)`.
     pub worker_count: AtomicU32,
-    /// Reserved.
-    pub _reserved1: u32,
+    /// Thread id of the runtime's profile helper, 0 if it has none (v5).
+    pub helper_tid: AtomicU32,
     /// Tasks alive now (spawned and not yet exited).
     pub live_tasks: AtomicU64,
 
@@ -225,8 +247,11 @@ pub struct ControlBlock {
     pub session_seen_ns: AtomicU64,
     /// Sessions started (total), written by the profiler.
     pub sessions: AtomicU64,
+    /// Generation of the session the profile helper last started to record (v5): the
+    /// profiler waits a little longer for a helper that has not started yet.
+    pub help_ack: AtomicU64,
 }
-const _: () = assert!(size_of::<ControlBlock>() == 200);
+const _: () = assert!(size_of::<ControlBlock>() == 208);
 const _: () = assert!(size_of::<ControlBlock>() as u64 <= CONTROL_SIZE);
 
 /// One record per worker thread.
@@ -479,9 +504,16 @@ pub mod arena {
     }
 }
 
-/// Header of one record in the arena. A copy of the task's [`TaskSlot`] follows (taken
-/// before the task ran again: its name, labels and spawn site as of the snapshot, even
-/// if the slot is reused later), then `stack_len` stack bytes, then padding to 16.
+/// Header of one record in the arena. The first `slot_len` bytes of the task's
+/// [`TaskSlot`] follow (taken before the task ran again: its name, labels and spawn site
+/// as of the snapshot, even if the slot is reused later), padded to 16, then `stack_len`
+/// stack bytes, then padding to 16.
+///
+/// `slot_len` is [`SLOT_COPY_MIN`] plus the slot's `labels_len` (v5; up to v4 the whole
+/// 512-byte slot was copied): every field before `labels`, and the labels in use. A
+/// writer reserves at least [`ArenaRecord::MIN_SPAN`] bytes, so a reader may view a
+/// whole `TaskSlot` at `SLOT_OFFSET` without leaving the arena (the bytes past
+/// `slot_len` are not the slot's and must not be read).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ArenaRecord {
@@ -499,8 +531,10 @@ pub struct ArenaRecord {
     pub pc: u64,
     /// Saved frame pointer.
     pub fp: u64,
-    /// Bytes of stack that follow this header.
-    pub stack_len: u64,
+    /// Bytes of stack that follow the slot copy (at most [`MAX_STACK_COPY`]).
+    pub stack_len: u32,
+    /// Bytes of the slot copy, `SLOT_COPY_MIN ..= size_of::<TaskSlot>()`.
+    pub slot_len: u32,
     /// Task state when recorded.
     pub state: u32,
     /// Wait reason when recorded.
@@ -511,15 +545,25 @@ const _: () = assert!(size_of::<ArenaRecord>() == 64);
 impl ArenaRecord {
     /// The stack was longer than [`MAX_STACK_COPY`] and was cut.
     pub const FLAG_TRUNCATED: u32 = 1;
-    /// Bytes a record with `stack_len` bytes of stack takes in the arena.
-    pub const fn footprint(stack_len: u64) -> u64 {
-        (Self::STACK_OFFSET + stack_len + 15) & !15
+    /// Bytes a record with `slot_len` bytes of slot and `stack_len` bytes of stack
+    /// takes in the arena.
+    pub const fn footprint(slot_len: u64, stack_len: u64) -> u64 {
+        (Self::stack_offset(slot_len) + stack_len + 15) & !15
     }
     /// Offset of the slot copy from the start of a record.
     pub const SLOT_OFFSET: u64 = size_of::<ArenaRecord>() as u64;
     /// Offset of the stack bytes from the start of a record.
-    pub const STACK_OFFSET: u64 = Self::SLOT_OFFSET + size_of::<TaskSlot>() as u64;
+    pub const fn stack_offset(slot_len: u64) -> u64 {
+        Self::SLOT_OFFSET + ((slot_len + 15) & !15)
+    }
+    /// Least arena space a record may span from its start to the arena's end: room for
+    /// a whole `TaskSlot` view at `SLOT_OFFSET`.
+    pub const MIN_SPAN: u64 = Self::SLOT_OFFSET + size_of::<TaskSlot>() as u64;
 }
+
+/// Bytes of a [`TaskSlot`] an arena record always copies: every field before `labels`.
+pub const SLOT_COPY_MIN: u64 = core::mem::offset_of!(TaskSlot, labels) as u64;
+const _: () = assert!(SLOT_COPY_MIN == 168);
 
 #[cfg(test)]
 mod tests {
@@ -560,8 +604,10 @@ mod tests {
 
     #[test]
     fn arena_footprint_is_aligned() {
-        assert_eq!(ArenaRecord::footprint(0), 576);
-        assert_eq!(ArenaRecord::footprint(1), 592);
-        assert_eq!(ArenaRecord::footprint(16), 592);
+        assert_eq!(ArenaRecord::footprint(SLOT_COPY_MIN, 0), 240);
+        assert_eq!(ArenaRecord::footprint(SLOT_COPY_MIN, 1), 256);
+        assert_eq!(ArenaRecord::footprint(SLOT_COPY_MIN + 1, 16), 256);
+        assert_eq!(ArenaRecord::footprint(512, 0), 576);
+        assert_eq!(ArenaRecord::stack_offset(SLOT_COPY_MIN + 3), 240);
     }
 }

@@ -1,0 +1,114 @@
+//! The runtime's profile helper (abi docs, "Profile helper"): in a one-shot snapshot the
+//! runtime records its parked tasks itself, with the same result as the tool's own walk;
+//! and the arena's pages go back to the kernel once nobody has profiled for a while.
+
+use crate::target::Target;
+use gprof_rs::model::Snapshot;
+use gprof_rs::snapshot::{Mode, Session};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const ARGS: &[&str] = &[
+    "--workers",
+    "2",
+    "--recv",
+    "1500",
+    "--sleep",
+    "300",
+    "--busy",
+    "2",
+];
+
+/// Frames (return addresses) of every waiting task, by task id.
+fn waiting_stacks(s: &Snapshot) -> BTreeMap<u64, Vec<u64>> {
+    s.tasks
+        .iter()
+        .filter(|t| t.state == gprof_abi::TaskState::WAITING)
+        .map(|t| (t.id, s.stacks.get(t.stack).addrs.clone()))
+        .collect()
+}
+
+#[test]
+fn parked_tasks_recorded_by_the_helper_match_the_tools_own_walk() {
+    let mut t = Target::start("fixture", ARGS);
+    let mut helped = Session::attach(t.pid).unwrap();
+    let a = helped.snapshot(Mode::Concurrent).unwrap();
+    drop(helped);
+    let mut alone = Session::attach(t.pid).unwrap();
+    alone.set_runtime_helper(false);
+    let b = alone.snapshot(Mode::Concurrent).unwrap();
+    drop(alone);
+
+    // 1500 recv + 300 sleep + 2 busy + main.
+    assert_eq!(a.tasks.len(), 1803);
+    assert_eq!(b.tasks.len(), 1803);
+    // The helper took most parked tasks (the tool walks too once the helper makes no
+    // progress for a moment, which a loaded test machine can cause); without it the
+    // tool took them all.
+    assert!(
+        a.stats.recorded_runtime >= 900,
+        "helper recorded only {} tasks ({:?})",
+        a.stats.recorded_runtime,
+        a.stats
+    );
+    assert!(b.stats.recorded_tool >= 1800, "{:?}", b.stats);
+    // The same stacks, frame for frame, whoever copied them.
+    let (wa, wb) = (waiting_stacks(&a), waiting_stacks(&b));
+    assert!(wa.len() >= 1800, "recv + sleep wait: {}", wa.len());
+    assert_eq!(wa, wb);
+    t.send("exit");
+    assert!(t.finish().success());
+}
+
+/// Bytes the kernel holds for the target's shared region (the memfd), from its
+/// `/proc/PID/fd` link.
+fn region_bytes(pid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let p = e.unwrap().path();
+        let link = std::fs::read_link(&p).unwrap_or_default();
+        if link.to_string_lossy().starts_with("/memfd:gprof-rt-tasks") {
+            return std::fs::metadata(&p).unwrap().blocks() * 512;
+        }
+    }
+    panic!("no gprof-rt-tasks memfd in /proc/{pid}/fd");
+}
+
+#[test]
+fn the_arena_is_given_back_once_nobody_profiles() {
+    let mut t = Target::start_with_env("fixture", ARGS, &[("GPROF_RT_ARENA_KEEP_MS", "100")]);
+    let before = region_bytes(t.pid);
+    let snap = Session::attach(t.pid)
+        .unwrap()
+        .snapshot(Mode::Concurrent)
+        .unwrap();
+    assert!(snap.stats.recorded_runtime >= 900, "{:?}", snap.stats);
+    let after = region_bytes(t.pid);
+    // Each record holds at least a header, the slot's fixed fields and some stack.
+    let records = snap.stats.recorded_runtime * 240;
+    assert!(
+        after >= before + records,
+        "the arena grew {} bytes for {} records",
+        after - before,
+        snap.stats.recorded_runtime
+    );
+    // Two quiet periods (the first one sees the session), then the punch: wait for
+    // the state, bounded, rather than for a time.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while region_bytes(t.pid) >= before + records {
+        assert!(
+            Instant::now() < deadline,
+            "arena still allocated: {} bytes over the table",
+            region_bytes(t.pid) - before
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // And a snapshot afterwards still works, from a fresh arena.
+    let again = Session::attach(t.pid)
+        .unwrap()
+        .snapshot(Mode::Concurrent)
+        .unwrap();
+    assert_eq!(again.tasks.len(), 1803);
+    t.send("exit");
+    assert!(t.finish().success());
+}
