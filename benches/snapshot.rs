@@ -58,6 +58,7 @@ fn parse() -> Opts {
         variants: vec!["idle".into(), "loaded".into()],
         modes: vec![
             "concurrent".into(),
+            "no-helper".into(),
             "stw".into(),
             "go".into(),
             "noise".into(),
@@ -211,7 +212,9 @@ struct Sample {
 }
 
 /// The tool as a child process, reaped with wait4 for its rusage.
-fn run_tool(o: &Opts, pid: u32, stw: bool) -> Sample {
+/// `no-helper`: concurrent, with the tool copying every task itself
+/// (`GPROF_RS_NO_HELPER`), as before the runtime's profile helper.
+fn run_tool(o: &Opts, pid: u32, stw: bool, no_helper: bool) -> Sample {
     let file = o.out.join("snapshot.pb.gz");
     let mut cmd = Command::new(&o.tool);
     cmd.arg("attach")
@@ -221,6 +224,9 @@ fn run_tool(o: &Opts, pid: u32, stw: bool) -> Sample {
         .arg(&file);
     if stw {
         cmd.args(["--mode", "stw"]);
+    }
+    if no_helper {
+        cmd.env("GPROF_RS_NO_HELPER", "1");
     }
     let t0 = Instant::now();
     // Reaped below with wait4 (for its rusage), not Child::wait.
@@ -381,11 +387,11 @@ fn main() {
                 for j in 0..k {
                     let mode = &o.modes[(j + rep) % k];
                     let s = match mode.as_str() {
-                        "concurrent" | "stw" => {
+                        "concurrent" | "stw" | "no-helper" => {
                             rt.cmd("wake");
                             std::thread::sleep(SETTLE);
                             rt.cmd("reset");
-                            let mut s = run_tool(&o, rt.pid, mode == "stw");
+                            let mut s = run_tool(&o, rt.pid, mode == "stw", mode == "no-helper");
                             let g = gaps(&rt.cmd("gap?"));
                             (s.life_gap_us, s.gap_us, s.changes) = (g[0], g[1], g[2] * 1e3);
                             rt.cmd("sleep");
@@ -513,7 +519,7 @@ fn report(o: &Opts, all: &BTreeMap<(usize, String, String), Vec<Sample>>, loads:
     println!("| N | variant | mode | probe worst gap in session µs | … over the tool's life µs | STW 1 µs | STW 2 µs | end-to-end ms | tool peak RSS MB | tool peak private (RssAnon) MB | stack bytes copied / task |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for ((n, v, m), s) in all {
-        let tool = m == "concurrent" || m == "stw";
+        let tool = m == "concurrent" || m == "stw" || m == "no-helper";
         let e2e_name = match m.as_str() {
             "go" => " (WriteTo)",
             "noise" => " (window)",

@@ -77,11 +77,12 @@
 //! Profile helper (v5): one runtime thread (its TID in `helper_tid`) sleeps on the futex
 //! word `help_seq`. A profiler that wants the parked tasks recorded in-process (a
 //! one-shot snapshot) adds 1 to `help_seq` after STW 1 and wakes it. The helper then
-//! stores the session's generation in `help_ack` and walks the slots in order doing exactly what the profiler's walk does (step 2: CAS a
-//! slot absent for the session to `IN_PROGRESS(g)`, write an arena record, CAS to
-//! `SATISFIED(g)`, add 1 to `self_recorded`), stopping when the session word is no
-//! longer `g | ACTIVE` or the arena is full (it gives that task back and leaves the
-//! rest to the profiler, without counting `arena_full`). The helper is not a worker:
+//! stores the session's generation in `help_ack` and walks the slots in order doing
+//! exactly what the profiler's walk does (step 2: CAS a slot absent for the session to
+//! `IN_PROGRESS(g)`, write an arena record, CAS to `SATISFIED(g)`, add 1 to
+//! `self_recorded`), stopping when the session word is no longer `g | ACTIVE`, or the
+//! arena is full, or its own budget of arena bytes is spent (it gives that task back
+//! and leaves the rest to the profiler, without counting `arena_full`). The helper is not a worker:
 //! the STWs do not stop it, and it needs not be stopped, since it only takes tasks that
 //! are not running, through the same CASes the profiler uses. The profiler waits (a
 //! little while for `help_ack`, then while `self_recorded` moves), then walks every
