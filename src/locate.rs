@@ -659,12 +659,10 @@ impl Region {
             .custom_flags(libc::O_CLOEXEC)
             .open(&fd_path)
             .map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOENT) if std::path::Path::new(&format!("/proc/{pid}")).exists() => {
-                    Error::bad(format!(
-                        "the descriptor names fd {}, which is not open in the target",
-                        loc.memfd
-                    ))
-                }
+                Some(libc::ENOENT) if !exiting(pid) => Error::bad(format!(
+                    "the descriptor names fd {}, which is not open in the target",
+                    loc.memfd
+                )),
                 Some(libc::ENOENT) => Error::ProcessExited { pid },
                 Some(libc::EACCES) | Some(libc::EPERM) => Error::permission(pid),
                 _ => Error::bad(format!("cannot open fd {} of the target: {e}", loc.memfd)),
@@ -983,6 +981,22 @@ pub fn copy_labels(slot: &TaskSlot) -> [u8; LABELS_CAP] {
     // SAFETY: the array is part of `slot`, which is live for this call.
     unsafe { volatile_copy(std::ptr::addr_of!(slot.labels).cast::<u8>(), &mut out) };
     out
+}
+
+/// The region's fd is gone: is the process exiting (the kernel closes its files before
+/// it turns into a zombie, so `/proc/PID` can still look alive), rather than lying about
+/// its fd? Looks for at most 100 ms.
+fn exiting(pid: u32) -> bool {
+    let t = std::time::Instant::now();
+    loop {
+        if crate::record::process_gone(pid) {
+            return true;
+        }
+        if t.elapsed() > std::time::Duration::from_millis(100) {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 impl Drop for Region {
