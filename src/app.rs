@@ -165,9 +165,10 @@ fn print_stats(s: &Snapshot) {
         st.bytes_copied,
     );
     eprintln!(
-        "gprof-rs: phases: waited {:.2} ms for the runtime, walked {:.2} ms, read its records {:.2} ms",
+        "gprof-rs: phases: waited {:.2} ms for the runtime, walked {:.2} ms, read its records {:.2} ms; {} stacks unwound from a remembered walk",
         st.wait_ns as f64 / 1e6,
         st.walk_ns as f64 / 1e6,
         st.arena_ns as f64 / 1e6,
+        st.memo_hits,
     );
 }

@@ -151,6 +151,9 @@ pub struct SnapshotStats {
     pub walk_ns: u64,
     /// After STW 2, reading and unwinding the runtime's arena records, nanoseconds.
     pub arena_ns: u64,
+    /// Stacks given the frames of an earlier walk of the same shape instead of being
+    /// walked (`unwind/memo.rs`).
+    pub memo_hits: u64,
 }
 
 /// A consistent picture of every task alive at STW 1.

@@ -425,6 +425,7 @@ impl Session {
             wake_helper(&cb.help_seq);
         }
 
+        let memo_hits_before = self.unwinder.memo_hits();
         let cache = self.reuse.then_some(&mut self.cache);
         let mut fin = Finisher::new(
             stw1_mono,
@@ -582,6 +583,7 @@ impl Session {
         let Finisher {
             mut tasks, stacks, ..
         } = fin;
+        stats.memo_hits = self.unwinder.memo_hits() - memo_hits_before;
         if !self.unordered || cfg!(debug_assertions) {
             // Unstable: ids are unique, and a stable sort would allocate half the table
             // again.

@@ -19,6 +19,7 @@
 //! [`UnwindEnd::EndOfStack`] when its CFI really says "return address undefined".
 
 pub mod file;
+mod memo;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -227,6 +228,7 @@ pub struct Unwinder {
     active: BTreeMap<u64, Active>,
     ends: HashMap<u64, UnwindEnd>,
     max_frames: usize,
+    memo: memo::Memo,
 }
 
 impl Unwinder {
@@ -241,12 +243,26 @@ impl Unwinder {
             active: BTreeMap::new(),
             ends: HashMap::new(),
             max_frames: DEFAULT_MAX_FRAMES,
+            memo: memo::Memo::default(),
         }
     }
 
     /// Set the hard cap on frames per stack (at least 1).
     pub fn set_max_frames(&mut self, max: usize) {
         self.max_frames = max.max(1);
+        self.memo.clear();
+    }
+
+    /// Stacks that were given the frames of an earlier walk of the same shape (see
+    /// `memo.rs`) instead of being walked.
+    pub fn memo_hits(&self) -> u64 {
+        self.memo.hits()
+    }
+
+    /// Forget the remembered walks (tests compare against walks done in full).
+    #[cfg(test)]
+    pub(crate) fn forget_walks(&mut self) {
+        self.memo.clear();
     }
 
     /// Make `modules` the target's executable mappings. Mappings unchanged since the
@@ -316,6 +332,7 @@ impl Unwinder {
         }
         if changed || added {
             self.ends.clear();
+            self.memo.clear();
         }
         errors
     }
@@ -347,21 +364,87 @@ impl Unwinder {
         stack: &[u8],
         out: &mut Vec<u64>,
     ) -> UnwindEnd {
+        let base = base.min(sp);
+        let key = memo::Key {
+            ip,
+            below_sp: sp - base,
+            len: stack.len() as u64,
+        };
+        if let Some(end) = self.memo.find(&key, sp, bp, stack, out) {
+            return end;
+        }
+        self.memo.begin();
+        let end = self.walk(ip, sp, bp, base, stack, out, &[]);
+        if !self.memo.has_room(&key) {
+            return end;
+        }
+        let Some(walk) = self.memo.classify(sp, bp, out, end) else {
+            return end;
+        };
+        // The flipped walks of `memo.rs`: which saved words and whether the frame
+        // pointer register the walk did not use.
+        let read = self.memo.read_offsets();
+        let words = memo::Memo::relative_offsets(&walk);
+        let mut again = Vec::with_capacity(out.len());
+        let mut same = |u: &mut Self, bp: u64, flip: &[u64]| {
+            u.memo.begin();
+            let e = u.walk(ip, sp, bp, base, stack, &mut again, flip);
+            e == end && again == *out && u.memo.read_offsets() == read
+        };
+        let (free, bp_free) = if same(self, bp ^ memo::FLIP, &words) {
+            (words, true)
+        } else {
+            let free = words
+                .iter()
+                .copied()
+                .filter(|&w| same(self, bp, &[w]))
+                .collect();
+            (free, same(self, bp ^ memo::FLIP, &[]))
+        };
+        self.memo.remember(key, walk, &free, bp_free);
+        end
+    }
+
+    /// [`unwind_from`](Self::unwind_from) without the memo; records its reads in it.
+    /// The words at the offsets `flip` read as flipped (`memo::FLIP`).
+    #[allow(clippy::too_many_arguments)]
+    fn walk(
+        &mut self,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        base: u64,
+        stack: &[u8],
+        out: &mut Vec<u64>,
+        flip: &[u64],
+    ) -> UnwindEnd {
         out.clear();
         out.push(ip);
-        let base = base.min(sp);
         let stack_end = base.saturating_add(stack.len() as u64);
+        let reading = std::cell::RefCell::new(std::mem::take(&mut self.memo.reading));
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
-            let off = addr.checked_sub(base).ok_or(())? as usize;
-            let bytes = stack.get(off..off.checked_add(8).ok_or(())?).ok_or(())?;
-            Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
+            let off = addr.checked_sub(base).ok_or(())?;
+            let value = usize::try_from(off)
+                .ok()
+                .and_then(|o| stack.get(o..o.checked_add(8)?))
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .map(|v| {
+                    if flip.contains(&off) {
+                        v ^ memo::FLIP
+                    } else {
+                        v
+                    }
+                });
+            reading.borrow_mut().push((off, value));
+            value.ok_or(())
         };
         let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
         let mut frame = FrameAddress::from_instruction_pointer(ip);
-        loop {
+        let end = loop {
             if out.len() >= self.max_frames {
-                return UnwindEnd::FrameCap;
+                break UnwindEnd::FrameCap;
             }
+            self.memo.steps.push(reading.borrow().len());
             match self
                 .inner
                 .unwind_frame(frame, &mut regs, &mut self.cache, &mut read_stack)
@@ -372,28 +455,30 @@ impl Unwinder {
                         frame = next;
                     }
                     // framehop's uncacheable DWARF path can hand back a zero return address.
-                    None => return self.classify_stop(frame),
+                    None => break self.classify_stop(frame),
                 },
-                Ok(None) => return self.classify_stop(frame),
+                Ok(None) => break self.classify_stop(frame),
                 Err(framehop::Error::CouldNotReadStack(addr)) => {
-                    return if addr >= base && addr.saturating_add(8) > stack_end {
+                    break if addr >= base && addr.saturating_add(8) > stack_end {
                         UnwindEnd::StackCopyEnded
                     } else {
                         UnwindEnd::Error(UnwindError::ReadBelowStack(addr))
                     };
                 }
                 Err(framehop::Error::DidNotAdvance) => {
-                    return UnwindEnd::Error(UnwindError::DidNotAdvance)
+                    break UnwindEnd::Error(UnwindError::DidNotAdvance)
                 }
                 Err(framehop::Error::FramepointerUnwindingMovedBackwards) => {
-                    return UnwindEnd::Error(UnwindError::MovedBackwards)
+                    break UnwindEnd::Error(UnwindError::MovedBackwards)
                 }
                 Err(framehop::Error::IntegerOverflow) => {
-                    return UnwindEnd::Error(UnwindError::Overflow)
+                    break UnwindEnd::Error(UnwindError::Overflow)
                 }
-                Err(framehop::Error::ReturnAddressIsNull) => return self.classify_stop(frame),
+                Err(framehop::Error::ReturnAddressIsNull) => break self.classify_stop(frame),
             }
-        }
+        };
+        self.memo.reading = reading.into_inner();
+        end
     }
 
     /// framehop found no caller of `frame`: decide why (see the module docs).

@@ -4,6 +4,7 @@ use super::*;
 use crate::symbolize::Symbolizer;
 
 /// Registers and a copy of the stack, taken inside [`capture_here`].
+#[derive(Clone)]
 struct Captured {
     ip: u64,
     sp: u64,
@@ -349,4 +350,124 @@ fn trampoline_without_cfi_is_not_end_of_stack() {
     assert_ne!(end, UnwindEnd::EndOfStack, "{names:#?}");
     eprintln!("no-CFI trampoline: {end:?}, {} frames", out.len());
     position(&names, "task_entry");
+}
+
+/// `cap`'s stack as if it lived `d` bytes higher: every word that points into the
+/// thread's stack (a saved frame pointer, the address of a local; the copy may end below
+/// the stack's top) moves with it.
+#[cfg(target_arch = "x86_64")]
+fn shifted(cap: &Captured, d: u64) -> Captured {
+    let (lo, hi) = (cap.sp.saturating_sub(8 << 20), mapping_end(cap.sp));
+    let mut stack = cap.stack.clone();
+    for w in stack.chunks_exact_mut(8) {
+        let v = u64::from_le_bytes(w.try_into().unwrap());
+        if (lo..hi).contains(&v) {
+            w.copy_from_slice(&(v + d).to_le_bytes());
+        }
+    }
+    let bp = if (lo..hi).contains(&cap.bp) {
+        cap.bp + d
+    } else {
+        cap.bp
+    };
+    Captured {
+        ip: cap.ip,
+        sp: cap.sp + d,
+        bp,
+        stack,
+        whole: cap.whole,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_stack_of_a_known_shape_gets_the_frames_a_full_walk_gives() {
+    let cap = known_level_one(64 * 1024);
+    let mut warm = Unwinder::new(LocalFiles);
+    assert!(warm.set_modules(&own_modules()).is_empty());
+    let mut first = Vec::new();
+    let first_end = warm.unwind(cap.ip, cap.sp, cap.bp, &cap.stack, &mut first);
+    assert_eq!(warm.memo_hits(), 0);
+
+    // The same shape elsewhere: remembered frames, equal to a fresh unwinder's walk.
+    let moved = shifted(&cap, 0x10_0000);
+    let mut fresh = Unwinder::new(LocalFiles);
+    assert!(fresh.set_modules(&own_modules()).is_empty());
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    let want_end = fresh.unwind(moved.ip, moved.sp, moved.bp, &moved.stack, &mut want);
+    let got_end = warm.unwind(moved.ip, moved.sp, moved.bp, &moved.stack, &mut got);
+    assert_eq!((got_end, &got), (want_end, &want));
+    assert_eq!((got_end, &got), (first_end, &first));
+    assert_eq!(warm.memo_hits(), 1, "the moved stack was walked again");
+
+    // One return address changed: not the remembered walk. Point the frame of
+    // known_level_two at the call site in known_level_one instead.
+    let mut forged = moved.clone();
+    let two = first[2];
+    let at = forged
+        .stack
+        .chunks_exact(8)
+        .position(|w| u64::from_le_bytes(w.try_into().unwrap()) == two)
+        .expect("the return address is on the stack");
+    forged.stack[at * 8..at * 8 + 8].copy_from_slice(&first[3].to_le_bytes());
+    let mut fresh = Unwinder::new(LocalFiles);
+    assert!(fresh.set_modules(&own_modules()).is_empty());
+    let want_end = fresh.unwind(forged.ip, forged.sp, forged.bp, &forged.stack, &mut want);
+    let got_end = warm.unwind(forged.ip, forged.sp, forged.bp, &forged.stack, &mut got);
+    assert_eq!((got_end, &got), (want_end, &want));
+    assert_ne!(got, first, "the forged stack unwound like the original");
+    assert_eq!(
+        warm.memo_hits(),
+        1,
+        "the forged stack was served from the memo"
+    );
+}
+
+/// The memo never changes a result: stacks derived from one real stack (moved, with a
+/// word overwritten by a return address, by a stack address, or by noise) unwind with a
+/// warm unwinder exactly as with a fresh one.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_memo_gives_what_a_fresh_walk_gives_on_mutated_stacks() {
+    let cap = known_level_one(16 * 1024);
+    let mut base = Vec::new();
+    let mut warm = Unwinder::new(LocalFiles);
+    assert!(warm.set_modules(&own_modules()).is_empty());
+    warm.unwind(cap.ip, cap.sp, cap.bp, &cap.stack, &mut base);
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let words = cap.stack.len() / 8;
+    let mut fresh = Unwinder::new(LocalFiles);
+    assert!(fresh.set_modules(&own_modules()).is_empty());
+    for i in 0..300 {
+        let mut s = shifted(&cap, (next() % 64) * 0x1_0000);
+        // Mostly words the walk reads (near return addresses), sometimes any word.
+        for _ in 0..1 + next() % 3 {
+            let at = (next() % words as u64) as usize;
+            let v = match next() % 4 {
+                0 => base[(next() % base.len() as u64) as usize],
+                1 => s.sp + (next() % (s.stack.len() as u64)),
+                2 => next(),
+                _ => 0,
+            };
+            s.stack[at * 8..at * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        if next() % 5 == 0 {
+            s.bp = next();
+        }
+        fresh.forget_walks();
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        let want_end = fresh.unwind(s.ip, s.sp, s.bp, &s.stack, &mut want);
+        let got_end = warm.unwind(s.ip, s.sp, s.bp, &s.stack, &mut got);
+        assert_eq!((got_end, &got), (want_end, &want), "mutation {i}");
+    }
+    assert!(
+        warm.memo_hits() > 0,
+        "no mutated stack was served from the memo"
+    );
 }
