@@ -213,7 +213,7 @@ struct Sample {
 
 /// The tool as a child process, reaped with wait4 for its rusage.
 /// `no-helper`: concurrent, with the tool copying every task itself
-/// (`GPROF_RS_NO_HELPER`), as before the runtime's profile helper.
+/// (`GPROF_RS_HELPER=never`), as before the runtime's profile helper.
 fn run_tool(o: &Opts, pid: u32, stw: bool, no_helper: bool) -> Sample {
     let file = o.out.join("snapshot.pb.gz");
     let mut cmd = Command::new(&o.tool);
@@ -226,7 +226,7 @@ fn run_tool(o: &Opts, pid: u32, stw: bool, no_helper: bool) -> Sample {
         cmd.args(["--mode", "stw"]);
     }
     if no_helper {
-        cmd.env("GPROF_RS_NO_HELPER", "1");
+        cmd.env("GPROF_RS_HELPER", "never");
     }
     let t0 = Instant::now();
     // Reaped below with wait4 (for its rusage), not Child::wait.

@@ -47,6 +47,30 @@ pub enum Mode {
     StopTheWorld,
 }
 
+/// When the runtime's profile helper records the parked tasks
+/// ([`Session::set_runtime_helper`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelperUse {
+    /// When there are enough tasks for it to pay (see `HELPER_MIN_TASKS`).
+    Auto,
+    /// Whenever the runtime has one.
+    Always,
+    /// Never: the tool copies every task.
+    Never,
+}
+
+impl HelperUse {
+    /// `GPROF_RS_HELPER=never|auto|always` (for benchmarks and tests that compare the
+    /// two ways); `Auto` when unset or unrecognised.
+    pub fn from_env() -> HelperUse {
+        match std::env::var("GPROF_RS_HELPER").as_deref() {
+            Ok("never") => HelperUse::Never,
+            Ok("always") => HelperUse::Always,
+            _ => HelperUse::Auto,
+        }
+    }
+}
+
 /// Bytes below the stack pointer copied for a thread stopped at an arbitrary
 /// instruction: the x86_64 red zone, where the switch's final `jmp` reads its target.
 const RED_ZONE: u64 = 128;
@@ -73,6 +97,12 @@ const MAX_HELPER_WAIT: Duration = Duration::from_secs(5);
 /// Polls ([`WALK_POLL`]) without progress after which the tool stops waiting for the
 /// helper and walks the table itself.
 const HELPER_PATIENCE: u32 = 4;
+
+/// Fewer tasks than this at STW 1 and the tool copies them itself: the helper saves
+/// less than a millisecond there, and waking it costs a running task up to a few
+/// hundred microseconds when the scheduler puts it on that task's CPU (benchmark at 1k
+/// idle tasks: probe gap 291 us with the helper, 153 us without).
+const HELPER_MIN_TASKS: u64 = 4096;
 
 /// Longest wait for the runtime's profile helper to start (`help_ack`): it was asleep,
 /// and on a busy machine it waits for a CPU. A helper that cannot run at all (a
@@ -194,7 +224,7 @@ pub struct Session {
     /// Reuse the stacks of tasks not resumed since the previous snapshot.
     reuse: bool,
     /// See [`Session::set_runtime_helper`].
-    use_helper: bool,
+    helper: HelperUse,
     cache: StackCache,
 }
 
@@ -245,7 +275,7 @@ impl Session {
             unordered: false,
             reuse: false,
             // For benchmarks that compare both ways.
-            use_helper: std::env::var_os("GPROF_RS_NO_HELPER").is_none(),
+            helper: HelperUse::from_env(),
             cache: StackCache::default(),
         })
     }
@@ -307,12 +337,11 @@ impl Session {
         self.set_reuse_unchanged(true);
     }
 
-    /// Whether a concurrent snapshot without stack reuse asks the runtime's profile
-    /// helper to record the parked tasks in-process (abi docs, "Profile helper"). On by
-    /// default (off with `GPROF_RS_NO_HELPER` in the environment, for benchmarks that
-    /// compare both ways); off, the tool copies every task itself.
-    pub fn set_runtime_helper(&mut self, on: bool) {
-        self.use_helper = on;
+    /// When a concurrent snapshot without stack reuse asks the runtime's profile helper
+    /// to record the parked tasks in-process (abi docs, "Profile helper"). By default
+    /// [`HelperUse::from_env`]; without it the tool copies every task itself.
+    pub fn set_runtime_helper(&mut self, helper: HelperUse) {
+        self.helper = helper;
     }
 
     /// Reuse, from one snapshot to the next, the stack of every task that has not been
@@ -418,7 +447,11 @@ impl Session {
         // the helper would copy every task again, which the reuse exists to avoid.
         let helping = mode == Mode::Concurrent
             && !self.reuse
-            && self.use_helper
+            && match self.helper {
+                HelperUse::Never => false,
+                HelperUse::Auto => live_at_stw1 >= HELPER_MIN_TASKS,
+                HelperUse::Always => true,
+            }
             && cb.helper_tid.load(Acquire) != 0;
         if helping {
             cb.help_seq.fetch_add(1, Release);

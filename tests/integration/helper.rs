@@ -4,7 +4,7 @@
 
 use crate::target::Target;
 use gprof_rs::model::Snapshot;
-use gprof_rs::snapshot::{Mode, Session};
+use gprof_rs::snapshot::{HelperUse, Mode, Session};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -32,10 +32,11 @@ fn waiting_stacks(s: &Snapshot) -> BTreeMap<u64, Vec<u64>> {
 fn parked_tasks_recorded_by_the_helper_match_the_tools_own_walk() {
     let mut t = Target::start("fixture", ARGS);
     let mut helped = Session::attach(t.pid).unwrap();
+    helped.set_runtime_helper(HelperUse::Always);
     let a = helped.snapshot(Mode::Concurrent).unwrap();
     drop(helped);
     let mut alone = Session::attach(t.pid).unwrap();
-    alone.set_runtime_helper(false);
+    alone.set_runtime_helper(HelperUse::Never);
     let b = alone.snapshot(Mode::Concurrent).unwrap();
     drop(alone);
 
@@ -78,10 +79,10 @@ fn region_bytes(pid: u32) -> u64 {
 fn the_arena_is_given_back_once_nobody_profiles() {
     let mut t = Target::start_with_env("fixture", ARGS, &[("GPROF_RT_ARENA_KEEP_MS", "100")]);
     let before = region_bytes(t.pid);
-    let snap = Session::attach(t.pid)
-        .unwrap()
-        .snapshot(Mode::Concurrent)
-        .unwrap();
+    let mut session = Session::attach(t.pid).unwrap();
+    session.set_runtime_helper(HelperUse::Always);
+    let snap = session.snapshot(Mode::Concurrent).unwrap();
+    drop(session);
     assert!(snap.stats.recorded_runtime >= 900, "{:?}", snap.stats);
     let after = region_bytes(t.pid);
     // Each record holds at least a header, the slot's fixed fields and some stack.

@@ -12,7 +12,7 @@
 use crate::target::Target;
 use gprof_abi::TaskState;
 use gprof_rs::model::{RecordedBy, Snapshot};
-use gprof_rs::snapshot::{Mode, Session};
+use gprof_rs::snapshot::{HelperUse, Mode, Session};
 use gprof_rs::symbolize::Symbolizer;
 use gprof_rs::unwind::ProcFiles;
 use std::collections::{BTreeMap, HashMap};
@@ -298,7 +298,11 @@ fn churn(duration: Option<std::time::Duration>, reuse: bool) {
         };
         // Every other snapshot without the runtime's profile helper, so that the tool's
         // own walk records parked tasks too (with it, the helper records them).
-        session.set_runtime_helper(i % 2 == 0);
+        session.set_runtime_helper(if i % 2 == 0 {
+            HelperUse::Always
+        } else {
+            HelperUse::Never
+        });
         let snap = session
             .snapshot(mode)
             .unwrap_or_else(|e| panic!("snapshot #{i} ({mode:?}): {e}"));

@@ -15,7 +15,7 @@ fn stalled_tool(pid: u32, point: &str) -> Child {
         .args(["attach", &pid.to_string()])
         .env("GPROF_FAILPOINT", point)
         // The runtime's helper would leave the tool's walk nothing to hold.
-        .env("GPROF_RS_NO_HELPER", "1")
+        .env("GPROF_RS_HELPER", "never")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

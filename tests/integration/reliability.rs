@@ -337,11 +337,14 @@ fn tool(args: &[&str], failpoint: Option<&str>) -> Tool {
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    // The fixtures are small: have the runtime's helper record their parked tasks
+    // anyway, so that its path meets every failure here too; except where the tool's
+    // walk must hold tasks (the helper would leave it nothing).
+    cmd.env("GPROF_RS_HELPER", "always");
     if let Some(p) = failpoint {
         cmd.env("GPROF_FAILPOINT", p);
         if p.starts_with("mid-walk") {
-            // The runtime's helper would leave the tool's walk nothing to hold.
-            cmd.env("GPROF_RS_NO_HELPER", "1");
+            cmd.env("GPROF_RS_HELPER", "never");
         }
     }
     let mut child = cmd.spawn().expect("start gprof-rs");
