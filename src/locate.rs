@@ -888,20 +888,25 @@ impl Region {
         self.layout.arena_len
     }
 
+    /// `[offset, offset + len)` lies inside the arena.
+    fn check_arena_read(&self, offset: u64, len: usize) -> Result<()> {
+        let end = offset.checked_add(len as u64);
+        if end.is_none_or(|e| e > self.layout.arena_len) {
+            return Err(Error::bad(format!(
+                "arena read [{offset:#x}, +{len:#x}) is outside the {:#x}-byte arena",
+                self.layout.arena_len
+            )));
+        }
+        Ok(())
+    }
+
     /// Like [`Region::read_arena`], through the file (`pread`) instead of the mapping:
     /// for reading the whole arena once, where touching it through the mapping would
     /// fault its pages in (and unmap them at exit) one fault-around block at a time.
     /// Returns the bytes read, fewer only at the end of the file.
     pub fn pread_arena(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         use std::os::unix::fs::FileExt;
-        let end = offset.checked_add(buf.len() as u64);
-        if end.is_none_or(|e| e > self.layout.arena_len) {
-            return Err(Error::bad(format!(
-                "arena read [{offset:#x}, +{:#x}) is outside the {:#x}-byte arena",
-                buf.len(),
-                self.layout.arena_len
-            )));
-        }
+        self.check_arena_read(offset, buf.len())?;
         let mut done = 0;
         while done < buf.len() {
             match self.file.read_at(
@@ -923,14 +928,7 @@ impl Region {
     /// Acquire): those bytes are not written again during the session. Bytes outside
     /// that range may be changing; the copy is then garbage, never unsafe for the tool.
     pub fn read_arena(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let end = offset.checked_add(buf.len() as u64);
-        if end.is_none_or(|e| e > self.layout.arena_len) {
-            return Err(Error::bad(format!(
-                "arena read [{offset:#x}, +{:#x}) is outside the {:#x}-byte arena",
-                buf.len(),
-                self.layout.arena_len
-            )));
-        }
+        self.check_arena_read(offset, buf.len())?;
         let start = (self.layout.arena_off + offset) as usize;
         // SAFETY: [arena_off + offset, + len) lies inside the mapping (validated layout
         // and the check above); `buf` is a distinct local buffer; u8 has no invalid values.
