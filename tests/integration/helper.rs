@@ -113,3 +113,33 @@ fn the_arena_is_given_back_once_nobody_profiles() {
     t.send("exit");
     assert!(t.finish().success());
 }
+
+#[test]
+fn a_profiler_arriving_while_the_arena_is_given_back_gets_the_lease() {
+    let mut t = Target::start_with_env("fixture", ARGS, &[("GPROF_RT_ARENA_KEEP_MS", "50")]);
+    let before = region_bytes(t.pid);
+    let mut session = Session::attach(t.pid).unwrap();
+    session.set_runtime_helper(HelperUse::Always);
+    let snap = session.snapshot(Mode::Concurrent).unwrap();
+    drop(session);
+    assert!(snap.stats.recorded_runtime >= 900, "{:?}", snap.stats);
+    // The runtime gives the arena back in steps, each under a shared lock on the memfd
+    // that conflicts with a profiler's lease: attaching over and over across that time
+    // must always get the lease (never "another profiler is active").
+    let until = Instant::now() + Duration::from_millis(1500);
+    let mut attaches = 0;
+    while Instant::now() < until {
+        let s = Session::attach(t.pid).unwrap_or_else(|e| panic!("attach #{attaches}: {e}"));
+        drop(s);
+        attaches += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Left alone, the runtime finishes giving it back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while region_bytes(t.pid) >= before + snap.stats.recorded_runtime * 240 {
+        assert!(Instant::now() < deadline, "arena never given back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.send("exit");
+    assert!(t.finish().success());
+}
