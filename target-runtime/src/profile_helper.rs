@@ -14,8 +14,8 @@
 
 use crate::region::{self, Region};
 use gprof_abi::{prof, session};
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Once;
 use std::time::Duration;
 
@@ -26,12 +26,17 @@ const ARENA_KEEP: Duration = Duration::from_secs(30);
 /// The arena is punched out this many bytes at a time, each under its own `LOCK_SH`
 /// probe, so that a profiler arriving meanwhile waits at most one step.
 const PUNCH_STEP: u64 = 2 << 20;
-/// The helper stops once the session's records use this much of the arena, and leaves
-/// the rest to the profiler. Fresh arena pages cost the kernel ~4 us each to allocate on
-/// a VM (more than the profiler's own copy of the tasks they hold), and they stay
-/// allocated for `ARENA_KEEP`: this bounds both (~160k tasks of 576 stack bytes).
-/// Measured at 1M tasks without it: 3.7 s for a first snapshot instead of 1.6 s.
+/// The helper stops once the session's records reach this many bytes of the arena
+/// beyond what earlier sessions left allocated, and leaves the rest to the profiler.
+/// Fresh arena pages cost the kernel ~4 us each to allocate on a VM (more than the
+/// profiler's own copy of the tasks they hold), and they stay allocated for
+/// `ARENA_KEEP`: this bounds what one snapshot pays (~160k tasks of 576 stack bytes),
+/// while repeated snapshots of a large target warm the arena up step by step. Measured
+/// at 1M tasks with no bound: 3.7 s for a first snapshot instead of 1.6 s.
 const HELP_BUDGET: u64 = 128 << 20;
+/// Bytes at the start of the arena known to be allocated (written since the last
+/// punch): the helper's budget starts there.
+static WARM: AtomicU64 = AtomicU64::new(0);
 /// Pause between two punch steps, with the lock free.
 const PUNCH_PAUSE: Duration = Duration::from_millis(1);
 /// Slots between two looks at the session word while helping.
@@ -80,6 +85,7 @@ fn run(region: &'static Region, keep: Duration) {
             continue;
         }
         if sessions != punched_at && punch_arena(region) {
+            WARM.store(0, Relaxed);
             punched_at = sessions;
         }
     }
@@ -98,6 +104,7 @@ fn help(region: &Region) {
     let in_progress = prof::pack(g, prof::IN_PROGRESS);
     let satisfied = prof::pack(g, prof::SATISFIED);
     let hwm = cb.slot_hwm.load(Acquire).min(u64::from(region::SLOT_CAP)) as u32;
+    let budget = WARM.load(Relaxed) + HELP_BUDGET;
     for i in 0..hwm {
         if i % SESSION_CHECK_EVERY == 0 && cb.session.load(Acquire) != s {
             return;
@@ -124,7 +131,8 @@ fn help(region: &Region) {
             continue;
         }
         let used = gprof_abi::arena::used(cb.arena_used.load(Relaxed));
-        if used >= HELP_BUDGET || !crate::profile::record_self(cb, i, id, slot, g) {
+        WARM.fetch_max(used, Relaxed);
+        if used >= budget || !crate::profile::record_self(cb, i, id, slot, g) {
             // Budget spent, arena full, or a newer session began: the profiler walks
             // every slot after us and takes this task and the rest.
             let _ = slot.prof.compare_exchange(in_progress, p, SeqCst, Relaxed);
