@@ -1010,10 +1010,13 @@ fn read_arena(
     parse_arena(
         &mut |off, buf| window.borrow_mut().read(off, buf),
         &mut |off, labels_cap| {
+            // Only the bytes the record holds (the rest of the view is not the slot's,
+            // and is never read: `load_prefix`).
             let mut raw = [0u8; size_of::<TaskSlot>()];
+            let len = (SLOT_COPY_MIN as usize + labels_cap).min(raw.len());
             window
                 .borrow_mut()
-                .read(off, &mut raw)
+                .read(off, &mut raw[..len])
                 .map_err(|_| Error::bad(format!("arena slot copy at {off:#x} is misplaced")))?;
             let slot = pod_from_bytes::<TaskSlot>(&raw).expect("sized");
             Ok(SlotCopy::load_prefix(&slot, labels_cap))
