@@ -7,6 +7,10 @@
 //! `bp` plus the bytes of its stack copied from `sp` upward. Nothing outside that copy is
 //! ever read, so a stack copied while the task was parked is unwound exactly as it was.
 //!
+//! Walks are remembered by the stack words they read (`memo.rs`): a stack of a shape
+//! already walked (same instruction pointer and length, same words where it matters)
+//! gets the remembered frames without a walk, which is most parked tasks.
+//!
 //! # How a walk ends
 //!
 //! `framehop` reports "no caller" (`Ok(None)`) in three different situations that it
