@@ -215,8 +215,6 @@ pub(crate) fn record_self(cb: &ControlBlock, index: u32, id: u64, slot: &TaskSlo
     true
 }
 
-/// Wait while the profiler holds the task; take it back if the profiler is gone or
-/// silent. Returns when the hold is over one way or the other.
 /// The session word and heartbeat value of the last lease judged stale. A later wait in
 /// the same session that finds the heartbeat still at that value takes its task back at
 /// once: without this, every task a silent profiler held cost the worker that met it a
@@ -226,6 +224,8 @@ pub(crate) fn record_self(cb: &ControlBlock, index: u32, id: u64, slot: &TaskSlo
 static STALE_SESSION: AtomicU64 = AtomicU64::new(0);
 static STALE_BEAT: AtomicU64 = AtomicU64::new(0);
 
+/// Wait while the profiler holds the task; take it back if the profiler is gone or
+/// silent. Returns when the hold is over one way or the other.
 fn wait_for_profiler(cb: &ControlBlock, slot: &TaskSlot, s: u64) {
     let g = session::generation(s);
     let held = prof::pack(g, prof::IN_PROGRESS);
@@ -278,7 +278,7 @@ fn wait_for_profiler(cb: &ControlBlock, slot: &TaskSlot, s: u64) {
 /// The profiler opened `/proc/PID/fd/N` itself, so its lock lives on another open file
 /// description than the runtime's fd and the two conflict (flock(2): locks belong to
 /// open file descriptions). A dead profiler's lock is released by the kernel.
-pub(crate) fn profiler_gone() -> bool {
+fn profiler_gone() -> bool {
     let fd = region::get().fd();
     // SAFETY: flock on our own memfd; a shared, non-blocking probe.
     if unsafe { libc::flock(fd, libc::LOCK_SH | libc::LOCK_NB) } == 0 {

@@ -14,8 +14,8 @@
 
 use crate::region::{self, Region};
 use gprof_abi::{prof, session};
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Once;
 use std::time::Duration;
 
@@ -34,9 +34,6 @@ const PUNCH_STEP: u64 = 2 << 20;
 /// while repeated snapshots of a large target warm the arena up step by step. Measured
 /// at 1M tasks with no bound: 3.7 s for a first snapshot instead of 1.6 s.
 const HELP_BUDGET: u64 = 128 << 20;
-/// Bytes at the start of the arena known to be allocated (written since the last
-/// punch): the helper's budget starts there.
-static WARM: AtomicU64 = AtomicU64::new(0);
 /// Pause between two punch steps, with the lock free.
 const PUNCH_PAUSE: Duration = Duration::from_millis(1);
 /// Slots between two looks at the session word while helping.
@@ -71,12 +68,16 @@ fn run(region: &'static Region, keep: Duration) {
     // when it was last looked at: a punch waits for a whole `keep` without a session.
     let mut punched_at = cb.sessions.load(Relaxed);
     let mut looked_at = punched_at;
+    // Bytes at the start of the arena known to be allocated (written since the last
+    // punch): each session's budget starts there.
+    let mut warm = 0;
     loop {
         futex_wait(&cb.help_seq, seen, keep);
         let now = cb.help_seq.load(Acquire);
         if now != seen {
             seen = now;
-            help(region);
+            help(region, warm + HELP_BUDGET);
+            warm = warm.max(gprof_abi::arena::used(cb.arena_used.load(Relaxed)));
             continue;
         }
         let sessions = cb.sessions.load(Relaxed);
@@ -85,15 +86,15 @@ fn run(region: &'static Region, keep: Duration) {
             continue;
         }
         if sessions != punched_at && punch_arena(region) {
-            WARM.store(0, Relaxed);
+            warm = 0;
             punched_at = sessions;
         }
     }
 }
 
 /// Record every task absent from the active session, in slot order, until the session
-/// ends or the arena is full.
-fn help(region: &Region) {
+/// ends or the session's records reach `budget` bytes of the arena (or it is full).
+fn help(region: &Region, budget: u64) {
     let cb = region.control();
     let s = cb.session.load(Acquire);
     if !session::is_active(s) {
@@ -104,7 +105,6 @@ fn help(region: &Region) {
     let in_progress = prof::pack(g, prof::IN_PROGRESS);
     let satisfied = prof::pack(g, prof::SATISFIED);
     let hwm = cb.slot_hwm.load(Acquire).min(u64::from(region::SLOT_CAP)) as u32;
-    let budget = WARM.load(Relaxed) + HELP_BUDGET;
     for i in 0..hwm {
         if i % SESSION_CHECK_EVERY == 0 && cb.session.load(Acquire) != s {
             return;
@@ -131,7 +131,6 @@ fn help(region: &Region) {
             continue;
         }
         let used = gprof_abi::arena::used(cb.arena_used.load(Relaxed));
-        WARM.fetch_max(used, Relaxed);
         if used >= budget || !crate::profile::record_self(cb, i, id, slot, g) {
             // Budget spent, arena full, or a newer session began: the profiler walks
             // every slot after us and takes this task and the rest.

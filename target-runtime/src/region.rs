@@ -189,7 +189,8 @@ impl Region {
 
     /// Start address and length of the arena.
     pub fn arena(&self) -> (u64, u64) {
-        (self.base + self.arena_off, self.len - self.arena_off)
+        let (off, len) = self.arena_range();
+        (self.base + off, len)
     }
 
     /// Offset of the arena in the memfd, and its length (for `fallocate`).

@@ -75,15 +75,34 @@ fn region_bytes(pid: u32) -> u64 {
     panic!("no gprof-rt-tasks memfd in /proc/{pid}/fd");
 }
 
+/// A snapshot with the runtime's helper on, which recorded most tasks.
+fn helped_snapshot(pid: u32) -> Snapshot {
+    let mut session = Session::attach(pid).unwrap();
+    session.set_runtime_helper(HelperUse::Always);
+    let snap = session.snapshot(Mode::Concurrent).unwrap();
+    assert!(snap.stats.recorded_runtime >= 900, "{:?}", snap.stats);
+    snap
+}
+
+/// Wait until the region holds fewer than `bytes`: for the state, bounded, rather than
+/// for a time.
+fn given_back(pid: u32, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while region_bytes(pid) >= bytes {
+        assert!(
+            Instant::now() < deadline,
+            "arena still allocated: {} bytes, expected under {bytes}",
+            region_bytes(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn the_arena_is_given_back_once_nobody_profiles() {
     let mut t = Target::start_with_env("fixture", ARGS, &[("GPROF_RT_ARENA_KEEP_MS", "100")]);
     let before = region_bytes(t.pid);
-    let mut session = Session::attach(t.pid).unwrap();
-    session.set_runtime_helper(HelperUse::Always);
-    let snap = session.snapshot(Mode::Concurrent).unwrap();
-    drop(session);
-    assert!(snap.stats.recorded_runtime >= 900, "{:?}", snap.stats);
+    let snap = helped_snapshot(t.pid);
     let after = region_bytes(t.pid);
     // Each record holds at least a header, the slot's fixed fields and some stack.
     let records = snap.stats.recorded_runtime * 240;
@@ -93,17 +112,8 @@ fn the_arena_is_given_back_once_nobody_profiles() {
         after - before,
         snap.stats.recorded_runtime
     );
-    // Two quiet periods (the first one sees the session), then the punch: wait for
-    // the state, bounded, rather than for a time.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while region_bytes(t.pid) >= before + records {
-        assert!(
-            Instant::now() < deadline,
-            "arena still allocated: {} bytes over the table",
-            region_bytes(t.pid) - before
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Two quiet periods (the first one sees the session), then the punch.
+    given_back(t.pid, before + records);
     // And a snapshot afterwards still works, from a fresh arena.
     let again = Session::attach(t.pid)
         .unwrap()
@@ -118,11 +128,7 @@ fn the_arena_is_given_back_once_nobody_profiles() {
 fn a_profiler_arriving_while_the_arena_is_given_back_gets_the_lease() {
     let mut t = Target::start_with_env("fixture", ARGS, &[("GPROF_RT_ARENA_KEEP_MS", "50")]);
     let before = region_bytes(t.pid);
-    let mut session = Session::attach(t.pid).unwrap();
-    session.set_runtime_helper(HelperUse::Always);
-    let snap = session.snapshot(Mode::Concurrent).unwrap();
-    drop(session);
-    assert!(snap.stats.recorded_runtime >= 900, "{:?}", snap.stats);
+    let snap = helped_snapshot(t.pid);
     // The runtime gives the arena back in steps, each under a shared lock on the memfd
     // that conflicts with a profiler's lease: attaching over and over across that time
     // must always get the lease (never "another profiler is active").
@@ -135,11 +141,7 @@ fn a_profiler_arriving_while_the_arena_is_given_back_gets_the_lease() {
         std::thread::sleep(Duration::from_millis(2));
     }
     // Left alone, the runtime finishes giving it back.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while region_bytes(t.pid) >= before + snap.stats.recorded_runtime * 240 {
-        assert!(Instant::now() < deadline, "arena never given back");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    given_back(t.pid, before + snap.stats.recorded_runtime * 240);
     t.send("exit");
     assert!(t.finish().success());
 }

@@ -318,11 +318,30 @@ fn stop_world_200_times_without_eintr() {
         pauses[pauses.len() / 2],
         pauses[pauses.len() - 1]
     );
-    drop(tracer);
-    assert_eq!(tracer_pid(pid), 0);
     // Still running: the busy thread moves on.
     let a = fake.ping();
     eventually("spinner progress", || fake.ping() > a);
+    released_untouched(tracer, fake);
+}
+
+/// Exactly the threads `held` of `all` are in ptrace-stop ("t" in /proc, proc(5)).
+fn assert_held_exactly(pid: u32, all: &[u32], held: &[u32]) {
+    for &t in all {
+        let st = thread_state(pid, t);
+        if held.contains(&t) {
+            assert_eq!(st, Some('t'), "held thread {t} is ptrace-stopped");
+        } else {
+            assert_ne!(st, Some('t'), "thread {t} was stopped");
+        }
+    }
+}
+
+/// Drop the tracer: nobody traces the fake any more, and none of its blocked calls
+/// saw EINTR.
+fn released_untouched(tracer: Tracer, fake: Fake) {
+    let pid = fake.pid;
+    drop(tracer);
+    assert_eq!(tracer_pid(pid), 0);
     let (eintr, _) = fake.finish();
     assert_eq!(eintr, 0, "blocked read/futex/nanosleep saw EINTR");
 }
@@ -346,20 +365,10 @@ fn stop_threads_holds_only_the_listed_threads() {
         assert!(stop.unstopped().is_empty());
         let tm = stop.timings();
         assert!(tm.settled && tm.rounds == 1, "no /proc scans: {tm:?}");
-        for &t in &all {
-            let st = thread_state(pid, t);
-            if listed.contains(&t) {
-                assert_eq!(st, Some('t'), "listed thread {t} is ptrace-stopped");
-            } else {
-                assert_ne!(st, Some('t'), "unlisted thread {t} was stopped");
-            }
-        }
+        assert_held_exactly(pid, &all, &listed);
         stop.resume();
     }
-    drop(tracer);
-    assert_eq!(tracer_pid(pid), 0);
-    let (eintr, _) = fake.finish();
-    assert_eq!(eintr, 0, "blocked read/futex/nanosleep saw EINTR");
+    released_untouched(tracer, fake);
 }
 
 /// A worker that appears after a stop began is added to it (`WorldStop::extend`, what
@@ -379,20 +388,10 @@ fn a_stop_extended_with_late_threads_holds_them_too() {
         let tids: Vec<u32> = stop.threads().iter().map(|t| t.tid).collect();
         assert_eq!(tids, vec![all[1], all[3]]);
         assert!(stop.unstopped().is_empty());
-        for &t in &all {
-            let st = thread_state(pid, t);
-            if t == all[1] || t == all[3] {
-                assert_eq!(st, Some('t'), "held thread {t} is ptrace-stopped");
-            } else {
-                assert_ne!(st, Some('t'), "thread {t} was stopped");
-            }
-        }
+        assert_held_exactly(pid, &all, &[all[1], all[3]]);
         stop.resume();
     }
-    drop(tracer);
-    assert_eq!(tracer_pid(pid), 0);
-    let (eintr, _) = fake.finish();
-    assert_eq!(eintr, 0, "blocked read/futex/nanosleep saw EINTR");
+    released_untouched(tracer, fake);
 }
 
 #[test]
