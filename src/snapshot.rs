@@ -27,7 +27,7 @@ use crate::process::priority::RealtimeGuard;
 use crate::process::stop::{StoppedThread, Tracer};
 use crate::unwind::{ProcFiles, Unwinder};
 use gprof_abi::{
-    prof, session, ArenaRecord, TaskSlot, TaskState, LABELS_CAP, MAX_STACK_COPY, NAME_CAP,
+    prof, session, ArenaRecord, Hold, TaskSlot, TaskState, LABELS_CAP, MAX_STACK_COPY, NAME_CAP,
     SLOT_COPY_MIN,
 };
 use rustc_hash::FxHashMap;
@@ -860,22 +860,14 @@ fn walk(
                 continue;
             };
             let Some(slot) = region.slot(i) else { continue };
-            if slot.task_id.load(Acquire) == 0 {
-                continue;
-            }
-            let p = slot.prof.load(Acquire);
-            if p == prof::UNBORN {
-                unborn.push(i);
-                continue;
-            }
-            if !prof::is_absent_for(p, g)
-                || slot
-                    .prof
-                    .compare_exchange(p, in_progress, SeqCst, Relaxed)
-                    .is_err()
-            {
-                continue;
-            }
+            let p = match slot.try_hold(g) {
+                Hold::Held { was } => was,
+                Hold::Unborn => {
+                    unborn.push(i);
+                    continue;
+                }
+                Hold::No => continue,
+            };
             let copy = SlotCopy::load(slot);
             if copy.id == 0 {
                 // Freed between our two loads (it had exited): give the word back.

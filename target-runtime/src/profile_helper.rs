@@ -13,7 +13,7 @@
 //! profiler, and checks the session word as it goes. It never waits on the profiler.
 
 use crate::region::{self, Region};
-use gprof_abi::{prof, session};
+use gprof_abi::{prof, session, Hold};
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::Once;
@@ -110,18 +110,9 @@ fn help(region: &Region, budget: u64) {
             return;
         }
         let slot = region.slot(i);
-        if slot.task_id.load(Acquire) == 0 {
+        let Hold::Held { was: p } = slot.try_hold(g) else {
             continue;
-        }
-        let p = slot.prof.load(Acquire);
-        if !prof::is_absent_for(p, g)
-            || slot
-                .prof
-                .compare_exchange(p, in_progress, SeqCst, Relaxed)
-                .is_err()
-        {
-            continue;
-        }
+        };
         // Absent means not running (a running task passed the barrier or was recorded
         // at STW 1), so it cannot exit under the hold; a slot freed between the two
         // loads above is given back as the profiler's walk does.

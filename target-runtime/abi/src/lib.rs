@@ -104,6 +104,7 @@
 #![deny(missing_docs)]
 
 use core::mem::size_of;
+use core::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Name of the exported [`Descriptor`] symbol.
@@ -350,6 +351,45 @@ impl TaskSlot {
     pub const FLAG_SYSTEM: u32 = 1;
     /// Labels did not fit `LABELS_CAP` and were cut.
     pub const FLAG_LABELS_TRUNCATED: u32 = 2;
+
+    /// The first step of recording a task for session `g` from outside its worker (the
+    /// profiler's walk, the runtime's profile helper; protocol step 2): CAS a word that
+    /// reads absent for `g` to `IN_PROGRESS(g)`. The holder copies the task, then CASes
+    /// `IN_PROGRESS(g)` to `SATISFIED(g)` (or back to the returned word to give it up).
+    #[inline]
+    pub fn try_hold(&self, g: u64) -> Hold {
+        if self.task_id.load(Acquire) == 0 {
+            return Hold::No;
+        }
+        let p = self.prof.load(Acquire);
+        if p == prof::UNBORN {
+            return Hold::Unborn;
+        }
+        if !prof::is_absent_for(p, g)
+            || self
+                .prof
+                .compare_exchange(p, prof::pack(g, prof::IN_PROGRESS), SeqCst, Relaxed)
+                .is_err()
+        {
+            return Hold::No;
+        }
+        Hold::Held { was: p }
+    }
+}
+
+/// What [`TaskSlot::try_hold`] did (a value in one process, never shared memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// The caller holds the task `IN_PROGRESS(g)`; `was` is the word it replaced.
+    Held {
+        /// The profile word before the hold.
+        was: u64,
+    },
+    /// A spawner is still publishing the slot: look again later (protocol, "Task
+    /// creation").
+    Unborn,
+    /// Free, already recorded or held by someone else, or taken first by another.
+    No,
 }
 
 /// Values of [`TaskSlot::state`].
