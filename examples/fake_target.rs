@@ -183,13 +183,16 @@ fn main() {
         }
     }
 
-    // Region layout: control block, workers, 64 slots, 64 KiB arena.
+    // Region layout: control block, workers, 64 slots, 64 KiB arena, 64 KiB ring (no
+    // helper writes it: this target never starts one).
     let worker_off = CONTROL_SIZE;
     let slot_off = worker_off + u64::from(WORKER_CAP) * size_of::<WorkerRecord>() as u64;
     let slot_cap: u32 = 64;
     let arena_off = slot_off + u64::from(slot_cap) * size_of::<TaskSlot>() as u64;
     let arena_len: u64 = 64 << 10;
-    let region_len = (arena_off + arena_len + 4095) & !4095;
+    let ring_off = arena_off + arena_len;
+    let ring_len: u64 = 64 << 10;
+    let region_len = (ring_off + ring_len + 4095) & !4095;
 
     // memfd_create(MFD_CLOEXEC|MFD_ALLOW_SEALING), 0600, sized, sealed, mapped shared.
     // SAFETY: a valid NUL-terminated name.
@@ -244,6 +247,8 @@ fn main() {
         (*cb).slot_size = size_of::<TaskSlot>() as u32;
         (*cb).arena_off = arena_off;
         (*cb).arena_len = arena_len;
+        (*cb).ring_off = ring_off;
+        (*cb).ring_len = ring_len;
         (*cb).runtime_pid = std::process::id();
         match variant.as_str() {
             "absurd-slot-cap" => (*cb).slot_cap = u32::MAX,

@@ -165,10 +165,11 @@ fn print_stats(s: &Snapshot) {
         st.bytes_copied,
     );
     eprintln!(
-        "gprof-rs: phases: waited {:.2} ms for the runtime, walked {:.2} ms, read its records {:.2} ms; {} stacks unwound from a remembered walk",
+        "gprof-rs: phases: with the runtime {:.2} ms (waiting, or unwinding its helper's records as they came), walked {:.2} ms, read the rest after STW2 {:.2} ms; {} bytes of runtime records; {} stacks unwound from a remembered walk",
         st.wait_ns as f64 / 1e6,
         st.walk_ns as f64 / 1e6,
         st.arena_ns as f64 / 1e6,
+        st.runtime_bytes,
         st.memo_hits,
     );
 }

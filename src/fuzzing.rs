@@ -3,7 +3,8 @@
 //! in every `cargo test` (reliability.md section 4.4, DESIGN invariant 8).
 //!
 //! * [`abi_parse`]: bytes from a hostile target through every validator and decoder of
-//!   the shared region: descriptor, control-block header, task slot, arena records.
+//!   the shared region: descriptor, control-block header, task slot, arena and ring
+//!   records.
 //! * [`UnwindTarget`]: random registers and stack bytes unwound against the CFI of this
 //!   very binary (`/proc/self/maps`, files read locally).
 //!
@@ -21,8 +22,8 @@ pub const HEAD: usize = size_of::<Descriptor>() + size_of::<ControlBlock>();
 /// Bytes of a task slot, after [`HEAD`].
 pub const SLOT: usize = size_of::<gprof_abi::TaskSlot>();
 
-/// The input layout: descriptor (48 bytes), control block (200), task slot (512), then
-/// the arena (the rest). The session generation and the arena's used length come from
+/// The input layout: descriptor (48 bytes), control block (256), task slot (512), then
+/// the arena (the rest, also parsed as a chunk of the helper's ring). The session generation and the arena's used length come from
 /// the control block's `session` and `arena_used` words.
 pub fn abi_parse(data: &[u8]) {
     let Some(d) = pod_from_bytes::<Descriptor>(data) else {
@@ -46,6 +47,8 @@ pub fn abi_parse(data: &[u8]) {
         slot_size: cb.slot_size,
         arena_off: cb.arena_off,
         arena_len: cb.arena_len,
+        ring_off: cb.ring_off,
+        ring_len: cb.ring_len,
         runtime_pid: cb.runtime_pid,
     };
     for region_len in [d.region_len, cb.region_len] {
@@ -56,6 +59,7 @@ pub fn abi_parse(data: &[u8]) {
                 end(l.worker_off, l.worker_cap.into(), 64),
                 end(l.slot_off, l.slot_cap.into(), SLOT as u64),
                 end(l.arena_off, l.arena_len, 1),
+                end(l.ring_off, l.ring_len, 1),
             ];
             for p in parts {
                 assert!(p.is_some_and(|e| e <= region_len), "{l:?} {region_len:#x}");
@@ -67,6 +71,9 @@ pub fn abi_parse(data: &[u8]) {
     let g = gprof_abi::session::generation(cb.session.into_inner());
     let used = gprof_abi::arena::used(cb.arena_used.into_inner());
     crate::snapshot::fuzz_slot_and_arena(slot, arena, g, used);
+    // The same bytes as a chunk of the helper's ring (its records have the arena's
+    // format, plus pad headers).
+    crate::snapshot::fuzz_ring_chunk(arena, g);
 }
 
 /// Unwinds random stacks against this binary's own CFI.

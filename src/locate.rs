@@ -470,6 +470,10 @@ pub struct Layout {
     pub arena_off: u64,
     /// Arena length.
     pub arena_len: u64,
+    /// Offset of the profile helper's ring.
+    pub ring_off: u64,
+    /// Ring length (a multiple of 16).
+    pub ring_len: u64,
     /// Pid of the runtime's process, as it saw itself (namespace-relative).
     pub runtime_pid: u32,
 }
@@ -501,6 +505,10 @@ pub struct HeaderCopy {
     pub arena_off: u64,
     /// [`ControlBlock::arena_len`].
     pub arena_len: u64,
+    /// [`ControlBlock::ring_off`].
+    pub ring_off: u64,
+    /// [`ControlBlock::ring_len`].
+    pub ring_len: u64,
     /// [`ControlBlock::runtime_pid`].
     pub runtime_pid: u32,
 }
@@ -578,10 +586,18 @@ pub fn validate_header(h: &HeaderCopy, region_len: u64) -> Result<Layout> {
         align_of::<TaskSlot>() as u64,
     )?;
     let arena = part("the arena", h.arena_off, h.arena_len, 1, 16)?;
+    if h.ring_len == 0 || h.ring_len % 16 != 0 {
+        return Err(Error::bad(format!(
+            "the helper's ring is {:#x} bytes, not a positive multiple of 16",
+            h.ring_len
+        )));
+    }
+    let ring = part("the helper's ring", h.ring_off, h.ring_len, 1, 16)?;
     let parts = [
         ("worker table", workers),
         ("slot table", slots),
         ("arena", arena),
+        ("helper's ring", ring),
     ];
     for (i, (a, (a0, a1))) in parts.iter().enumerate() {
         for (b, (b0, b1)) in &parts[i + 1..] {
@@ -598,6 +614,8 @@ pub fn validate_header(h: &HeaderCopy, region_len: u64) -> Result<Layout> {
         slot_cap: h.slot_cap,
         arena_off: h.arena_off,
         arena_len: h.arena_len,
+        ring_off: h.ring_off,
+        ring_len: h.ring_len,
         runtime_pid: h.runtime_pid,
     })
 }
@@ -735,6 +753,8 @@ impl Region {
                 slot_cap: 0,
                 arena_off: 0,
                 arena_len: 0,
+                ring_off: 0,
+                ring_len: 0,
                 runtime_pid: 0,
             },
             file,
@@ -817,6 +837,8 @@ impl Region {
             slot_size: field!(slot_size: u32),
             arena_off: field!(arena_off: u64),
             arena_len: field!(arena_len: u64),
+            ring_off: field!(ring_off: u64),
+            ring_len: field!(ring_len: u64),
             runtime_pid: field!(runtime_pid: u32),
         }
     }
@@ -905,14 +927,39 @@ impl Region {
     /// fault its pages in (and unmap them at exit) one fault-around block at a time.
     /// Returns the bytes read, fewer only at the end of the file.
     pub fn pread_arena(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        use std::os::unix::fs::FileExt;
         self.check_arena_read(offset, buf.len())?;
+        self.pread(self.layout.arena_off + offset, buf)
+    }
+
+    /// Length of the profile helper's ring.
+    pub fn ring_len(&self) -> u64 {
+        self.layout.ring_len
+    }
+
+    /// Read `buf.len()` bytes of the helper's ring at `offset` (relative to the ring),
+    /// through the file: the helper may write the ring again as soon as we move
+    /// `ring_tail`, so its records are copied out, never referenced in place.
+    pub fn pread_ring(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|e| e > self.layout.ring_len) {
+            return Err(Error::bad(format!(
+                "ring read [{offset:#x}, +{:#x}) is outside the {:#x}-byte ring",
+                buf.len(),
+                self.layout.ring_len
+            )));
+        }
+        if self.pread(self.layout.ring_off + offset, buf)? != buf.len() {
+            return Err(Error::bad("the region file is shorter than its ring"));
+        }
+        Ok(())
+    }
+
+    /// `pread` of the region file at `at` until `buf` is full or the file ends.
+    fn pread(&self, at: u64, buf: &mut [u8]) -> Result<usize> {
+        use std::os::unix::fs::FileExt;
         let mut done = 0;
         while done < buf.len() {
-            match self.file.read_at(
-                &mut buf[done..],
-                self.layout.arena_off + offset + done as u64,
-            ) {
+            match self.file.read_at(&mut buf[done..], at + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1096,7 +1143,9 @@ mod tests {
             slot_cap: 100,
             slot_size: size_of::<TaskSlot>() as u32,
             arena_off: 1 << 20,
-            arena_len: 1 << 20,
+            arena_len: 1 << 19,
+            ring_off: 3 << 19,
+            ring_len: 1 << 19,
             runtime_pid: 1,
         }
     }
@@ -1115,6 +1164,10 @@ mod tests {
             (Box::new(|h| h.worker_off = 0), "worker table"),
             (Box::new(|h| h.arena_len = u64::MAX), "arena"),
             (Box::new(|h| h.arena_off = CONTROL_SIZE), "overlap"),
+            (Box::new(|h| h.ring_off = 1 << 20), "overlap"),
+            (Box::new(|h| h.ring_len = 8), "multiple of 16"),
+            (Box::new(|h| h.ring_len = 0), "multiple of 16"),
+            (Box::new(|h| h.ring_off = u64::MAX - 15), "ring"),
             (Box::new(|h| h.region_len = 5), "descriptor says"),
             (Box::new(|h| h.worker_cap = WORKER_CAP + 1), "worker_cap"),
             (Box::new(|h| h.slot_size = 1), "task slot"),

@@ -138,18 +138,23 @@ pub struct SnapshotStats {
     pub reused: u64,
     /// Holds the runtime took back (torn copies dropped and re-read).
     pub torn: u64,
-    /// Stack bytes copied out of the target.
+    /// Stack bytes copied out of the target by the tool's own walk.
     pub bytes_copied: u64,
+    /// Bytes of records the runtime wrote (its arena and its helper's ring) read by the
+    /// tool.
+    pub runtime_bytes: u64,
     /// The runtime's next task id at STW 1: every task in the snapshot has a smaller id,
     /// every task spawned after STW 1 a larger or equal one.
     pub id_cutoff: u64,
     /// Generation of the profile session this snapshot was taken in.
     pub generation: u64,
-    /// After STW 1, waiting while the runtime recorded tasks itself, nanoseconds.
+    /// After STW 1, waiting while the runtime recorded tasks itself, or unwinding its
+    /// profile helper's records while it wrote them, nanoseconds.
     pub wait_ns: u64,
     /// The tool's walk of the table (copy, unwind), nanoseconds.
     pub walk_ns: u64,
-    /// After STW 2, reading and unwinding the runtime's arena records, nanoseconds.
+    /// After STW 2, reading and unwinding the runtime's records not read before,
+    /// nanoseconds.
     pub arena_ns: u64,
     /// Stacks given the frames of an earlier walk of the same shape instead of being
     /// walked (`unwind/memo.rs`).

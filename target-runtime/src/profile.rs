@@ -153,17 +153,9 @@ fn note_session(cb: &ControlBlock) {
 /// registers, name and labels stand still during the copy.
 pub(crate) fn record_self(cb: &ControlBlock, index: u32, id: u64, slot: &TaskSlot, g: u64) -> bool {
     let region = region::get();
-    let sp = slot.saved.sp.load(Relaxed);
-    let hi = slot.stack_hi.load(Relaxed);
-    let live = hi.saturating_sub(sp);
-    let len = live.min(MAX_STACK_COPY);
-    // Only the labels in use: most tasks have none, and the copy is what a snapshot of
-    // every parked task costs in arena pages (abi docs, `ArenaRecord`).
-    let labels = u64::from(slot.labels_len.load(Relaxed)).min(LABELS_CAP as u64);
-    let slot_len = SLOT_COPY_MIN + labels;
-    let need = ArenaRecord::footprint(slot_len, len);
+    let shape = RecordShape::of(slot);
     let (arena, arena_len) = region.arena();
-    let word = cb.arena_used.fetch_add(need, Relaxed);
+    let word = cb.arena_used.fetch_add(shape.need, Relaxed);
     if !gprof_abi::arena::is_generation(word, g) {
         // A newer session reset the arena after we loaded the session word: this
         // reservation is in its records. Leave it unwritten (abi docs, `arena`).
@@ -172,47 +164,95 @@ pub(crate) fn record_self(cb: &ControlBlock, index: u32, id: u64, slot: &TaskSlo
     let off = gprof_abi::arena::used(word);
     // Room for the record and for a reader's whole-slot view of it (`MIN_SPAN`).
     if off
-        .checked_add(need.max(ArenaRecord::MIN_SPAN))
+        .checked_add(shape.need.max(ArenaRecord::MIN_SPAN))
         .is_none_or(|end| end > arena_len)
     {
         return false;
     }
-    let rec = ArenaRecord {
-        slot: index,
-        flags: if live > len {
-            ArenaRecord::FLAG_TRUNCATED
-        } else {
-            0
-        },
-        task_id: id,
-        generation: g,
-        sp,
-        pc: slot.saved.pc.load(Relaxed),
-        fp: slot.saved.fp.load(Relaxed),
-        stack_len: len as u32,
-        slot_len: slot_len as u32,
-        state: slot.state.load(Relaxed),
-        wait_reason: slot.wait_reason.load(Relaxed),
-    };
     // SAFETY: [off, off + need) lies inside the arena (checked above) and was handed to
-    // us alone by the fetch_add; the first `slot_len` <= size_of::<TaskSlot>() bytes of
-    // the slot are in the mapped table; the stack bytes [sp, sp + len) are the task's
-    // own mapped stack, which nobody runs on while it is IN_PROGRESS.
-    unsafe {
-        let dst = (arena + off) as *mut u8;
-        std::ptr::write_unaligned(dst as *mut ArenaRecord, rec);
-        std::ptr::copy_nonoverlapping(
-            slot as *const TaskSlot as *const u8,
-            dst.add(ArenaRecord::SLOT_OFFSET as usize),
-            slot_len as usize,
-        );
-        std::ptr::copy_nonoverlapping(
-            sp as *const u8,
-            dst.add(ArenaRecord::stack_offset(slot_len) as usize),
-            len as usize,
-        );
-    }
+    // us alone by the fetch_add; the caller holds the task.
+    unsafe { shape.write((arena + off) as *mut u8, index, id, slot, g) };
     true
+}
+
+/// The size of a held task's record ([`ArenaRecord`]): what [`RecordShape::write`]
+/// copies, decided once so that the space reserved and the bytes written agree.
+pub(crate) struct RecordShape {
+    /// Stack pointer the copy starts at.
+    sp: u64,
+    /// Live stack bytes, `[sp, stack_hi)`.
+    live: u64,
+    /// Stack bytes copied: `live`, at most `MAX_STACK_COPY`.
+    len: u64,
+    /// Slot bytes copied: the fixed fields and the labels in use.
+    slot_len: u64,
+    /// Bytes the record takes.
+    pub(crate) need: u64,
+}
+
+impl RecordShape {
+    /// The shape of the record of `slot`, whose task the caller holds (it stands still).
+    pub(crate) fn of(slot: &TaskSlot) -> RecordShape {
+        let sp = slot.saved.sp.load(Relaxed);
+        let live = slot.stack_hi.load(Relaxed).saturating_sub(sp);
+        let len = live.min(MAX_STACK_COPY);
+        // Only the labels in use: most tasks have none, and the copy is what a snapshot
+        // of every parked task costs (abi docs, `ArenaRecord`).
+        let labels = u64::from(slot.labels_len.load(Relaxed)).min(LABELS_CAP as u64);
+        let slot_len = SLOT_COPY_MIN + labels;
+        RecordShape {
+            sp,
+            live,
+            len,
+            slot_len,
+            need: ArenaRecord::footprint(slot_len, len),
+        }
+    }
+
+    /// Write the record of the task in slot `index` (id `id`, session `g`) at `dst`.
+    ///
+    /// # Safety
+    ///
+    /// `dst` is valid for `self.need` bytes that nobody else writes or reads meanwhile
+    /// (the reader waits for the record to be published), and the caller holds the
+    /// task `IN_PROGRESS(g)` since before [`RecordShape::of`]: nobody runs it, so its
+    /// stack, saved registers, name and labels stand still during the copy.
+    pub(crate) unsafe fn write(&self, dst: *mut u8, index: u32, id: u64, slot: &TaskSlot, g: u64) {
+        let rec = ArenaRecord {
+            slot: index,
+            flags: if self.live > self.len {
+                ArenaRecord::FLAG_TRUNCATED
+            } else {
+                0
+            },
+            task_id: id,
+            generation: g,
+            sp: self.sp,
+            pc: slot.saved.pc.load(Relaxed),
+            fp: slot.saved.fp.load(Relaxed),
+            stack_len: self.len as u32,
+            slot_len: self.slot_len as u32,
+            state: slot.state.load(Relaxed),
+            wait_reason: slot.wait_reason.load(Relaxed),
+        };
+        // SAFETY: `dst` is ours for `need` bytes (caller); the first `slot_len` <=
+        // size_of::<TaskSlot>() bytes of the slot are in the mapped table; the stack
+        // bytes [sp, sp + len) are the task's own mapped stack, which nobody runs on
+        // while it is held.
+        unsafe {
+            std::ptr::write_unaligned(dst as *mut ArenaRecord, rec);
+            std::ptr::copy_nonoverlapping(
+                slot as *const TaskSlot as *const u8,
+                dst.add(ArenaRecord::SLOT_OFFSET as usize),
+                self.slot_len as usize,
+            );
+            std::ptr::copy_nonoverlapping(
+                self.sp as *const u8,
+                dst.add(ArenaRecord::stack_offset(self.slot_len) as usize),
+                self.len as usize,
+            );
+        }
+    }
 }
 
 /// The session word and heartbeat value of the last lease judged stale. A later wait in
@@ -278,7 +318,7 @@ fn wait_for_profiler(cb: &ControlBlock, slot: &TaskSlot, s: u64) {
 /// The profiler opened `/proc/PID/fd/N` itself, so its lock lives on another open file
 /// description than the runtime's fd and the two conflict (flock(2): locks belong to
 /// open file descriptions). A dead profiler's lock is released by the kernel.
-fn profiler_gone() -> bool {
+pub(crate) fn profiler_gone() -> bool {
     let fd = region::get().fd();
     // SAFETY: flock on our own memfd; a shared, non-blocking probe.
     if unsafe { libc::flock(fd, libc::LOCK_SH | libc::LOCK_NB) } == 0 {
@@ -289,7 +329,7 @@ fn profiler_gone() -> bool {
     false
 }
 
-fn abort_session(cb: &ControlBlock, s: u64) {
+pub(crate) fn abort_session(cb: &ControlBlock, s: u64) {
     if cb
         .session
         .compare_exchange(s, s | session::ABORTED, SeqCst, Relaxed)

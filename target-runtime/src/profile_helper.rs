@@ -6,14 +6,21 @@
 //! `process_vm_readv` of one stack page, which the kernel pins and walks page tables
 //! for (~0.9 us per task on the VMs this was measured on, research/perf.md); here it is
 //! a `memcpy` from memory the process already maps (~0.12 us per task, 100k stacks in
-//! 12 ms, measured side by side). The profiler unwinds from the arena afterwards.
+//! 12 ms, measured side by side). The records go through a ring the profiler consumes
+//! while the helper fills it (abi docs): the profiler's unwinding overlaps the copying,
+//! and the few MiB of the ring are all a snapshot allocates, whatever the task count
+//! (with a growing arena a first snapshot of 1M tasks paid ~800 MB of fresh pages).
 //!
 //! The helper is not a worker, so no profile stop holds it, and it must not need to be
 //! held: it only takes tasks that are not running, through the same CASes as the
-//! profiler, and checks the session word as it goes. It never waits on the profiler.
+//! profiler, and checks the session word as it goes. The one thing it waits for is room
+//! in the ring, holding no task meanwhile, and only while the session lasts and its
+//! profiler is alive.
 
+use crate::profile::RecordShape;
 use crate::region::{self, Region};
-use gprof_abi::{prof, session, Hold};
+use gprof_abi::{prof, session, ArenaRecord, ControlBlock, Hold};
+use std::mem::size_of;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::Once;
@@ -26,18 +33,14 @@ const ARENA_KEEP: Duration = Duration::from_secs(30);
 /// The arena is punched out this many bytes at a time, each under its own `LOCK_SH`
 /// probe, so that a profiler arriving meanwhile waits at most one step.
 const PUNCH_STEP: u64 = 2 << 20;
-/// The helper stops once the session's records reach this many bytes of the arena
-/// beyond what earlier sessions left allocated, and leaves the rest to the profiler.
-/// Fresh arena pages cost the kernel ~4 us each to allocate on a VM (more than the
-/// profiler's own copy of the tasks they hold), and they stay allocated for
-/// `ARENA_KEEP`: this bounds what one snapshot pays (~160k tasks of 576 stack bytes),
-/// while repeated snapshots of a large target warm the arena up step by step. Measured
-/// at 1M tasks with no bound: 3.7 s for a first snapshot instead of 1.6 s.
-const HELP_BUDGET: u64 = 128 << 20;
 /// Pause between two punch steps, with the lock free.
 const PUNCH_PAUSE: Duration = Duration::from_millis(1);
 /// Slots between two looks at the session word while helping.
 const SESSION_CHECK_EVERY: u32 = 256;
+/// Longest sleep on `ring_wake` before the session word is looked at again.
+const RING_WAIT: Duration = Duration::from_millis(2);
+/// While waiting for room in the ring, the profiler's lease is probed this often.
+const LEASE_PROBE_EVERY: Duration = Duration::from_millis(10);
 
 static START: Once = Once::new();
 
@@ -68,16 +71,12 @@ fn run(region: &'static Region, keep: Duration) {
     // when it was last looked at: a punch waits for a whole `keep` without a session.
     let mut punched_at = cb.sessions.load(Relaxed);
     let mut looked_at = punched_at;
-    // Bytes at the start of the arena known to be allocated (written since the last
-    // punch): each session's budget starts there.
-    let mut warm = 0;
     loop {
         futex_wait(&cb.help_seq, seen, keep);
         let now = cb.help_seq.load(Acquire);
         if now != seen {
             seen = now;
-            help(region, warm + HELP_BUDGET);
-            warm = warm.max(gprof_abi::arena::used(cb.arena_used.load(Relaxed)));
+            help(region);
             continue;
         }
         let sessions = cb.sessions.load(Relaxed);
@@ -86,15 +85,14 @@ fn run(region: &'static Region, keep: Duration) {
             continue;
         }
         if sessions != punched_at && punch_arena(region) {
-            warm = 0;
             punched_at = sessions;
         }
     }
 }
 
-/// Record every task absent from the active session, in slot order, until the session
-/// ends or the session's records reach `budget` bytes of the arena (or it is full).
-fn help(region: &Region, budget: u64) {
+/// Record every task absent from the active session into the ring, in slot order,
+/// until the session ends; then say so (`help_done`).
+fn help(region: &Region) {
     let cb = region.control();
     let s = cb.session.load(Acquire);
     if !session::is_active(s) {
@@ -102,15 +100,24 @@ fn help(region: &Region, budget: u64) {
     }
     let g = session::generation(s);
     cb.help_ack.store(g, Release);
+    record_all(region, cb, s);
+    cb.help_done.store(g, Release);
+}
+
+fn record_all(region: &Region, cb: &ControlBlock, s: u64) {
+    let g = session::generation(s);
     let in_progress = prof::pack(g, prof::IN_PROGRESS);
     let satisfied = prof::pack(g, prof::SATISFIED);
+    let mut ring = Ring::new(region, g);
     let hwm = cb.slot_hwm.load(Acquire).min(u64::from(region::SLOT_CAP)) as u32;
-    for i in 0..hwm {
+    let mut i = 0;
+    while i < hwm {
         if i % SESSION_CHECK_EVERY == 0 && cb.session.load(Acquire) != s {
             return;
         }
         let slot = region.slot(i);
         let Hold::Held { was: p } = slot.try_hold(g) else {
+            i += 1;
             continue;
         };
         // Absent means not running (a running task passed the barrier or was recorded
@@ -119,19 +126,124 @@ fn help(region: &Region, budget: u64) {
         let id = slot.task_id.load(Acquire);
         if id == 0 {
             let _ = slot.prof.compare_exchange(in_progress, p, SeqCst, Relaxed);
+            i += 1;
             continue;
         }
-        let used = gprof_abi::arena::used(cb.arena_used.load(Relaxed));
-        if used >= budget || !crate::profile::record_self(cb, i, id, slot, g) {
-            // Budget spent, arena full, or a newer session began: the profiler walks
-            // every slot after us and takes this task and the rest.
+        let shape = RecordShape::of(slot);
+        let Some(dst) = ring.reserve(cb, shape.need) else {
+            // No room: give the task back before waiting (a worker that wants to run
+            // it must not wait on the profiler through us), then take it again.
             let _ = slot.prof.compare_exchange(in_progress, p, SeqCst, Relaxed);
-            return;
-        }
+            if !ring.wait_for_room(cb, s, shape.need) {
+                return;
+            }
+            continue;
+        };
+        // SAFETY: `reserve` handed us [dst, dst + need) inside the ring, which the
+        // profiler does not read before `publish`; we hold the task since before
+        // `RecordShape::of`.
+        unsafe { shape.write(dst, i, id, slot, g) };
+        ring.publish(cb);
         cb.self_recorded.fetch_add(1, Relaxed);
         let _ = slot
             .prof
             .compare_exchange(in_progress, satisfied, Release, Relaxed);
+        i += 1;
+    }
+}
+
+/// The producer's side of the ring (abi docs, "Profile helper").
+struct Ring {
+    base: u64,
+    len: u64,
+    g: u64,
+    /// Our `ring_head`: we are its only writer.
+    head: u64,
+    /// Where `head` goes at the next `publish`.
+    next: u64,
+}
+
+impl Ring {
+    fn new(region: &Region, g: u64) -> Ring {
+        let (base, len) = region.ring();
+        let head = region.control().ring_head.load(Relaxed);
+        Ring {
+            base,
+            len,
+            g,
+            head,
+            next: head,
+        }
+    }
+
+    /// Bytes to skip before a record of `need` bytes, so that it does not straddle the
+    /// ring's end.
+    fn pad(&self, need: u64) -> u64 {
+        let left = self.len - self.head % self.len;
+        if need > left {
+            left
+        } else {
+            0
+        }
+    }
+
+    fn has_room(&self, cb: &ControlBlock, need: u64) -> bool {
+        let tail = cb.ring_tail.load(Acquire);
+        // A tail past the head is not the profiler's: no room until it says better.
+        self.head >= tail && self.head - tail + self.pad(need) + need <= self.len
+    }
+
+    /// Room for a record of `need` bytes, padding the ring's end first if the record
+    /// does not fit before it; `None` if the profiler has not consumed enough yet.
+    fn reserve(&mut self, cb: &ControlBlock, need: u64) -> Option<*mut u8> {
+        if !self.has_room(cb, need) {
+            return None;
+        }
+        let pad = self.pad(need);
+        let at = self.head % self.len;
+        if pad >= size_of::<ArenaRecord>() as u64 {
+            let header = ArenaRecord {
+                slot: ArenaRecord::PAD_SLOT,
+                generation: self.g,
+                ..ArenaRecord::default()
+            };
+            // SAFETY: [at, at + header) lies inside the ring (pad >= its size, and the
+            // pad ends at the ring's end), in room the profiler has consumed.
+            unsafe { std::ptr::write_unaligned((self.base + at) as *mut ArenaRecord, header) };
+        }
+        let start = (self.head + pad) % self.len;
+        self.next = self.head + pad + need;
+        Some((self.base + start) as *mut u8)
+    }
+
+    /// The reserved record is written: let the profiler read it.
+    fn publish(&mut self, cb: &ControlBlock) {
+        self.head = self.next;
+        cb.ring_head.store(self.head, Release);
+    }
+
+    /// Sleep until the profiler has made room for `need` bytes: `false` when the session
+    /// ended first, or its profiler is gone (then the session is aborted, as a worker
+    /// waiting on a held task would).
+    fn wait_for_room(&self, cb: &ControlBlock, s: u64, need: u64) -> bool {
+        let mut probed = std::time::Instant::now();
+        loop {
+            let w = cb.ring_wake.load(Acquire);
+            if self.has_room(cb, need) {
+                return true;
+            }
+            if cb.session.load(Acquire) != s {
+                return false;
+            }
+            if probed.elapsed() >= LEASE_PROBE_EVERY {
+                if crate::profile::profiler_gone() {
+                    crate::profile::abort_session(cb, s);
+                    return false;
+                }
+                probed = std::time::Instant::now();
+            }
+            futex_wait(&cb.ring_wake, w, RING_WAIT);
+        }
     }
 }
 
@@ -139,7 +251,7 @@ fn help(region: &Region, budget: u64) {
 /// meanwhile: try again after the next quiet period.
 fn punch_arena(region: &Region) -> bool {
     let cb = region.control();
-    let (start, len) = region.arena_range();
+    let (start, len) = region.scratch_range();
     let fd = region.fd();
     let mut off = 0;
     while off < len {

@@ -25,6 +25,17 @@ pub const SLOT_CAP: u32 = 1 << 21;
 /// ~800 bytes per task a snapshot has the runtime record (the profile helper records
 /// every parked task), so 1 GiB holds a million.
 pub const ARENA_LEN: u64 = 1 << 30;
+/// Bytes of the profile helper's ring (abi docs, "Profile helper"). The profiler
+/// consumes it while the helper fills it; a few MiB keep both busy (the helper writes
+/// 1 MiB of records in well under a millisecond, the profiler unwinds them in about
+/// one) and are what a snapshot of any number of parked tasks allocates.
+/// `GPROF_RT_RING_KB` overrides it (tests make the ring wrap and fill with few tasks),
+/// never below [`MIN_RING_LEN`].
+pub const RING_LEN: u64 = 8 << 20;
+/// Smallest ring: twice the largest record, rounded up, so that the next record always
+/// fits once the profiler has consumed the ring.
+pub const MIN_RING_LEN: u64 = 1 << 20;
+const _: () = assert!(MIN_RING_LEN >= 2 * gprof_abi::ArenaRecord::MAX_FOOTPRINT);
 
 /// The mapped region and the runtime's bookkeeping of free slots.
 pub struct Region {
@@ -34,6 +45,8 @@ pub struct Region {
     slot_off: u64,
     worker_off: u64,
     arena_off: u64,
+    ring_off: u64,
+    ring_len: u64,
     free_slots: Mutex<Vec<u32>>,
     free_workers: Mutex<Vec<u32>>,
 }
@@ -77,7 +90,13 @@ impl Region {
             slot_off + u64::from(SLOT_CAP) * size_of::<TaskSlot>() as u64,
             page,
         );
-        let len = arena_off + ARENA_LEN;
+        let ring_off = arena_off + ARENA_LEN;
+        let ring_len = std::env::var("GPROF_RT_RING_KB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(RING_LEN, |kb| align((kb << 10).max(MIN_RING_LEN), page));
+        // The ring is last, so one punch from `arena_off` to the end covers both.
+        let len = ring_off + ring_len;
 
         // SAFETY: the name is a NUL-terminated literal.
         let fd = cvt(unsafe {
@@ -120,6 +139,8 @@ impl Region {
             slot_off,
             worker_off,
             arena_off,
+            ring_off,
+            ring_len,
             free_slots: Mutex::new(Vec::new()),
             free_workers: Mutex::new((0..WORKER_CAP).rev().collect()),
         };
@@ -137,6 +158,8 @@ impl Region {
         cb.slot_size = size_of::<TaskSlot>() as u32;
         cb.arena_off = arena_off;
         cb.arena_len = ARENA_LEN;
+        cb.ring_off = ring_off;
+        cb.ring_len = ring_len;
         cb.runtime_pid = std::process::id();
         cb.next_task_id.store(1, Relaxed);
         cb.lease_ms.store(100, Relaxed);
@@ -189,12 +212,18 @@ impl Region {
 
     /// Start address and length of the arena.
     pub fn arena(&self) -> (u64, u64) {
-        let (off, len) = self.arena_range();
-        (self.base + off, len)
+        (self.base + self.arena_off, ARENA_LEN)
     }
 
-    /// Offset of the arena in the memfd, and its length (for `fallocate`).
-    pub fn arena_range(&self) -> (u64, u64) {
+    /// Start address and length of the profile helper's ring.
+    pub fn ring(&self) -> (u64, u64) {
+        (self.base + self.ring_off, self.ring_len)
+    }
+
+    /// Offset in the memfd and length of the pages a session writes and the helper
+    /// gives back when nobody profiles: the arena and the ring after it (for
+    /// `fallocate`).
+    pub fn scratch_range(&self) -> (u64, u64) {
         (self.arena_off, self.len - self.arena_off)
     }
 

@@ -61,6 +61,26 @@ fn parked_tasks_recorded_by_the_helper_match_the_tools_own_walk() {
     assert!(t.finish().success());
 }
 
+/// More records than the ring holds: the helper wraps around it and waits for the tool
+/// to make room (abi docs, "Profile helper"), and nothing is lost or doubled on the way.
+#[test]
+fn records_through_a_ring_smaller_than_the_snapshot_are_all_there() {
+    let mut t = Target::start_with_env("fixture", ARGS, &[("GPROF_RT_RING_KB", "1024")]);
+    let mut alone = Session::attach(t.pid).unwrap();
+    alone.set_runtime_helper(HelperUse::Never);
+    let b = alone.snapshot(Mode::Concurrent).unwrap();
+    drop(alone);
+    for _ in 0..3 {
+        let a = helped_snapshot(t.pid);
+        assert_eq!(a.tasks.len(), 1803);
+        // More than the 1 MiB ring holds at once went through it.
+        assert!(a.stats.runtime_bytes > 1 << 20, "{:?}", a.stats);
+        assert_eq!(waiting_stacks(&a), waiting_stacks(&b));
+    }
+    t.send("exit");
+    assert!(t.finish().success());
+}
+
 /// Bytes the kernel holds for the target's shared region (the memfd), from its
 /// `/proc/PID/fd` link.
 fn region_bytes(pid: u32) -> u64 {

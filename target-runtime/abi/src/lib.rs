@@ -28,6 +28,7 @@
 //! worker_off             WorkerRecord x worker_cap
 //! slot_off               TaskSlot x slot_cap          (sparse: pages touched on use)
 //! arena_off              self-recorded stacks, arena_len bytes (sparse)
+//! ring_off               the profile helper's ring, ring_len bytes (v6)
 //! ```
 //!
 //! # Profile protocol (the write-ordering contract)
@@ -74,26 +75,45 @@
 //! registers). Never for a task recorded at
 //! STW 1: it may be running, and a running task changes its stack without a new resume.
 //!
-//! Profile helper (v5): one runtime thread (its TID in `helper_tid`) sleeps on the futex
-//! word `help_seq`. A profiler that wants the parked tasks recorded in-process (a
-//! one-shot snapshot) adds 1 to `help_seq` after STW 1 and wakes it. The helper then
-//! stores the session's generation in `help_ack` and walks the slots in order doing
-//! exactly what the profiler's walk does (step 2: CAS a slot absent for the session to
-//! `IN_PROGRESS(g)`, write an arena record, CAS to `SATISFIED(g)`, add 1 to
-//! `self_recorded`), stopping when the session word is no longer `g | ACTIVE`, or the
-//! arena is full, or its own budget of arena bytes is spent (it gives that task back
-//! and leaves the rest to the profiler, without counting `arena_full`). The helper is not a worker:
-//! the STWs do not stop it, and it needs not be stopped, since it only takes tasks that
-//! are not running, through the same CASes the profiler uses. The profiler waits (a
-//! little while for `help_ack`, then while `self_recorded` moves), then walks every
-//! slot itself (the helper's are SATISFIED and
+//! Profile helper (v5, ring since v6): one runtime thread (its TID in `helper_tid`)
+//! sleeps on the futex word `help_seq`. A profiler that wants the parked tasks recorded
+//! in-process (a one-shot snapshot) makes sure the helper is idle (`help_done ==
+//! help_ack`), stores `ring_tail = ring_head` (an empty ring), adds 1 to `help_seq` after
+//! STW 1 and wakes it. The helper then stores the session's generation in `help_ack`
+//! and walks the slots in order doing what the profiler's walk does (step 2: CAS a slot
+//! absent for the session to `IN_PROGRESS(g)`, write a record, CAS to `SATISFIED(g)`,
+//! add 1 to `self_recorded`), stopping when the session word is no longer `g | ACTIVE`;
+//! then it stores `help_done = g`. Its records go to the ring, not the arena: the
+//! profiler consumes them while the helper produces, so a snapshot of a million tasks
+//! passes through a few MiB that stay allocated instead of allocating hundreds.
+//!
+//! The ring is single-producer (the helper), single-consumer (the profiler), with
+//! byte positions that only grow: a record at position `p` starts at `ring_off + p %
+//! ring_len` and never straddles the ring's end. Where the next record does not fit
+//! before the end, the helper skips to the end: if a header's worth of bytes
+//! (`size_of::<ArenaRecord>()`) is left there it first writes a header whose `slot` is
+//! [`ArenaRecord::PAD_SLOT`] and whose `generation` is the session's; fewer bytes are
+//! skipped without one. Records are [`ArenaRecord`]s as in the arena. The helper
+//! writes a record, then stores `ring_head` past it (Release), then releases the task
+//! (`SATISFIED(g)`), so a profiler that sees the task released (Acquire) finds its
+//! record below `ring_head`. It writes only into `[ring_head, ring_tail + ring_len)`;
+//! when a record does not fit it gives its task back first (CAS to the old word), then
+//! sleeps on `ring_wake` until the profiler moves `ring_tail`, the session ends, or
+//! the profiler is found gone (the lease probe below, which also aborts the session).
+//! It never holds a task while it waits. A profiler that stops consuming early (a
+//! helper that stalled) walks the slots itself, and after STW 2, once no task is held,
+//! reads whatever lies between `ring_tail` and `ring_head`.
+//!
+//! The helper is not a worker: the STWs do not stop it, and it needs not be stopped,
+//! since it only takes tasks that are not running, through the same CASes the profiler
+//! uses. The profiler then walks every slot itself (the helper's are SATISFIED and
 //! skipped), so a helper that never runs (a job-stopped target) costs one short wait.
-//! Arena pages stay allocated after a session, so that the next snapshot writes into
-//! memory that is already there (a fresh page costs ~4 us on a VM); the helper punches
-//! the arena out (`FALLOCATE_PUNCH_HOLE`) once no session has started for a while,
-//! holding `LOCK_SH` on the memfd meanwhile so that no profiler can take the lease
-//! (and start a session) during the punch. A profiler that finds the lock taken while
-//! `owner_pid` is 0 retries for a moment.
+//! Arena and ring pages stay allocated after a session, so that the next snapshot
+//! writes into memory that is already there (a fresh page costs ~4 us on a VM); the
+//! helper punches them out (`FALLOCATE_PUNCH_HOLE`) once no session has started for a
+//! while, holding `LOCK_SH` on the memfd meanwhile so that no profiler can take the
+//! lease (and start a session) during the punch. A profiler that finds the lock taken
+//! while `owner_pid` is 0 retries for a moment.
 //!
 //! Liveness: the profiler holds `flock(LOCK_EX)` on its own open of `/proc/PID/fd/N`
 //! and bumps `heartbeat`. The runtime probes the lock with `LOCK_SH | LOCK_NB` on its
@@ -115,7 +135,7 @@ pub const DESCRIPTOR_SYMBOL: &str = "GPROF_RT_DESCRIPTOR";
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GPROFRT1");
 
 /// Version of everything in this crate. Bumped on any change of layout or protocol.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Bytes reserved for the [`ControlBlock`] at offset 0 of the region.
 pub const CONTROL_SIZE: u64 = 4096;
@@ -252,8 +272,28 @@ pub struct ControlBlock {
     /// Generation of the session the profile helper last started to record (v5): the
     /// profiler waits a little longer for a helper that has not started yet.
     pub help_ack: AtomicU64,
+
+    // ---- the helper's ring (v6, "Profile helper" in the crate docs) ----
+    /// Offset of the ring the profile helper writes its records into.
+    pub ring_off: u64,
+    /// Length of the ring, a multiple of 16.
+    pub ring_len: u64,
+    /// Bytes the helper has written into the ring, ever (its position is `% ring_len`).
+    /// Written by the helper only, with Release, after the record is complete.
+    pub ring_head: AtomicU64,
+    /// Bytes of the ring the profiler has consumed, ever. Written by the profiler only
+    /// (Release, after it copied the records out): the helper may write over them.
+    pub ring_tail: AtomicU64,
+    /// Generation of the session the helper last finished with: it writes nothing more
+    /// into the ring until the next `help_seq`.
+    pub help_done: AtomicU64,
+    /// Futex word the helper sleeps on while the ring is full; the profiler adds 1 and
+    /// wakes it after it moves `ring_tail`.
+    pub ring_wake: AtomicU32,
+    /// Reserved.
+    pub _reserved: u32,
 }
-const _: () = assert!(size_of::<ControlBlock>() == 208);
+const _: () = assert!(size_of::<ControlBlock>() == 256);
 const _: () = assert!(size_of::<ControlBlock>() as u64 <= CONTROL_SIZE);
 
 /// One record per worker thread.
@@ -586,6 +626,13 @@ const _: () = assert!(size_of::<ArenaRecord>() == 64);
 impl ArenaRecord {
     /// The stack was longer than [`MAX_STACK_COPY`] and was cut.
     pub const FLAG_TRUNCATED: u32 = 1;
+    /// `slot` of a ring header that pads the ring to its end (v6): the next record is
+    /// at the ring's start.
+    pub const PAD_SLOT: u32 = u32::MAX;
+    /// The largest footprint a record can have: a whole slot and [`MAX_STACK_COPY`]
+    /// bytes of stack. A ring of less than twice this could not always take the next
+    /// record.
+    pub const MAX_FOOTPRINT: u64 = Self::footprint(size_of::<TaskSlot>() as u64, MAX_STACK_COPY);
     /// Bytes a record with `slot_len` bytes of slot and `stack_len` bytes of stack
     /// takes in the arena.
     pub const fn footprint(slot_len: u64, stack_len: u64) -> u64 {

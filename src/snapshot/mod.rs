@@ -38,6 +38,8 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod ring;
+
 /// How to take a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -91,12 +93,9 @@ pub fn walk_delay(interval: Duration) -> Duration {
 /// Upper bound of [`walk_delay`].
 pub const MAX_WALK_DELAY: Duration = Duration::from_millis(25);
 
-/// Longest wait for the runtime's profile helper (it records ~1M tasks a second; the
-/// runtime aborts a session after 10 s).
+/// Longest time the tool follows the runtime's profile helper (it records ~3M tasks a
+/// second; the runtime aborts a session after 10 s).
 const MAX_HELPER_WAIT: Duration = Duration::from_secs(5);
-/// Polls ([`WALK_POLL`]) without progress after which the tool stops waiting for the
-/// helper and walks the table itself.
-const HELPER_PATIENCE: u32 = 4;
 
 /// Fewer tasks than this at STW 1 and the tool copies them itself: the helper saves
 /// less than a millisecond there, and waking it costs a running task up to a few
@@ -452,8 +451,13 @@ impl Session {
                 HelperUse::Auto => live_at_stw1 >= HELPER_MIN_TASKS,
                 HelperUse::Always => true,
             }
-            && cb.helper_tid.load(Acquire) != 0;
+            && cb.helper_tid.load(Acquire) != 0
+            // Idle: it finished the last session it began, so nothing else writes the
+            // ring (a helper still busy with an aborted session is left alone).
+            && cb.help_done.load(Acquire) == cb.help_ack.load(Acquire);
+        let mut ring = None;
         if helping {
+            ring = Some(ring::RingReader::start(&self.region, g));
             cb.help_seq.fetch_add(1, Release);
             wake_helper(&cb.help_seq);
         }
@@ -470,22 +474,26 @@ impl Session {
         if mode == Mode::Concurrent {
             // ---- concurrent walk ----
             let t_wait = Instant::now();
-            if !self.walk_delay.is_zero() || helping {
+            if let Some(ring) = ring.as_mut() {
+                // Unwind the helper's records while it writes more: the two halves of
+                // the work overlap on two CPUs. Whatever it has not done when it stops
+                // (or stalls) the walk below does.
+                ring.follow(
+                    &self.region,
+                    HELPER_START_WAIT,
+                    MAX_HELPER_WAIT,
+                    &interrupted,
+                    &mut |c| fin.add(c),
+                )?;
+            } else if !self.walk_delay.is_zero() {
                 // While the runtime keeps recording tasks, or until it has recorded
-                // as many as were alive at STW 1, at most the delay: once polls see
-                // no progress the tasks left are parked (or the helper cannot run: a
-                // job-stopped target), and waiting longer only keeps the session
-                // (during which every switch checks the barrier) open. The counts are
-                // the target's: they decide when to walk, never what is recorded.
-                let (delay, patience) = if helping {
-                    // The helper needs a moment to be scheduled.
-                    (MAX_HELPER_WAIT, HELPER_PATIENCE)
-                } else {
-                    (self.walk_delay, 1)
-                };
-                let until = Instant::now() + delay;
+                // as many as were alive at STW 1, at most the delay: once a poll sees
+                // no progress the tasks left are parked, and waiting longer only keeps
+                // the session (during which every switch checks the barrier) open.
+                // The counts are the target's: they decide when to walk, never what
+                // is recorded.
+                let until = Instant::now() + self.walk_delay;
                 let mut last = 0;
-                let mut still = 0;
                 loop {
                     crate::record::sleep_until(Instant::now() + WALK_POLL);
                     cb.heartbeat.fetch_add(1, Relaxed);
@@ -493,17 +501,7 @@ impl Session {
                         .self_recorded
                         .load(Acquire)
                         .wrapping_sub(self_recorded_at_stw1);
-                    // A helper not yet running (woken, waiting for a CPU) has not
-                    // stalled: give it up to HELPER_START_WAIT to begin.
-                    let starting = helping
-                        && cb.help_ack.load(Acquire) != g
-                        && t_wait.elapsed() < HELPER_START_WAIT;
-                    still = if by_runtime == last && !starting {
-                        still + 1
-                    } else {
-                        0
-                    };
-                    if still >= patience
+                    if by_runtime == last
                         || by_runtime.saturating_add(stats.recorded_stw) >= live_at_stw1
                         || Instant::now() >= until
                         || interrupted()
@@ -512,9 +510,9 @@ impl Session {
                     }
                     last = by_runtime;
                 }
-                if interrupted() {
-                    return Err(Error::Interrupted);
-                }
+            }
+            if interrupted() {
+                return Err(Error::Interrupted);
             }
             stats.wait_ns = t_wait.elapsed().as_nanos() as u64;
             let t_walk = Instant::now();
@@ -597,16 +595,26 @@ impl Session {
             let t_arena = Instant::now();
             let (used_now, settled) = wait_runtime_holds(&self.region, g, slot_cap);
             let used = used.max(used_now);
+            // A target that died while one of its threads was writing a record leaves
+            // it unfinished: say that it died, not that it lied.
+            let died = |e| {
+                if crate::record::process_gone(self.pid) {
+                    Error::ProcessExited { pid: self.pid }
+                } else {
+                    e
+                }
+            };
             stats.recorded_runtime =
-                read_arena(&self.region, g, used, settled, &mut |c| fin.add(c)).map_err(|e| {
-                    // A target that died while one of its threads was writing a record
-                    // leaves it unfinished: say that it died, not that it lied.
-                    if crate::record::process_gone(self.pid) {
-                        Error::ProcessExited { pid: self.pid }
-                    } else {
-                        e
-                    }
-                })?;
+                read_arena(&self.region, g, used, settled, &mut |c| fin.add(c)).map_err(died)?;
+            stats.runtime_bytes = used;
+            if let Some(ring) = ring.as_mut() {
+                // What the helper wrote after we stopped following it: every record of a
+                // task it released is below the head (abi docs).
+                ring.consume(&self.region, &mut |c| fin.add(c))
+                    .map_err(died)?;
+                stats.recorded_runtime += ring.records;
+                stats.runtime_bytes += ring.bytes;
+            }
             stats.arena_ns = t_arena.elapsed().as_nanos() as u64;
         } else {
             for c in copies {
@@ -1121,18 +1129,7 @@ fn parse_arena(
             }
             std::thread::yield_now();
         };
-        let (stack_len, slot_len) = (u64::from(rec.stack_len), u64::from(rec.slot_len));
-        if rec.generation == 0
-            || rec.generation > g
-            || stack_len > MAX_STACK_COPY
-            || !(SLOT_COPY_MIN..=size_of::<TaskSlot>() as u64).contains(&slot_len)
-            || prof_of(rec.slot).is_none()
-        {
-            return Err(Error::bad(format!(
-                "arena record at {off:#x} is malformed (slot {}, slot_len {slot_len}, stack_len {stack_len}, generation {} of {g})",
-                rec.slot, rec.generation
-            )));
-        }
+        let (stack_len, slot_len) = check_record(&rec, off, g, prof_of(rec.slot).is_some())?;
         let next = off + ArenaRecord::footprint(slot_len, stack_len);
         if next > used {
             break;
@@ -1161,6 +1158,24 @@ fn parse_arena(
         off = next;
     }
     Ok(count)
+}
+
+/// The stack and slot lengths of an arena or ring record at `off`, checked against
+/// what any record of session `g` can hold; `slot_ok`: its slot index is in the table.
+fn check_record(rec: &ArenaRecord, off: u64, g: u64, slot_ok: bool) -> Result<(u64, u64)> {
+    let (stack_len, slot_len) = (u64::from(rec.stack_len), u64::from(rec.slot_len));
+    if rec.generation == 0
+        || rec.generation > g
+        || stack_len > MAX_STACK_COPY
+        || !(SLOT_COPY_MIN..=size_of::<TaskSlot>() as u64).contains(&slot_len)
+        || !slot_ok
+    {
+        return Err(Error::bad(format!(
+            "arena record at {off:#x} is malformed (slot {}, slot_len {slot_len}, stack_len {stack_len}, generation {} of {g})",
+            rec.slot, rec.generation
+        )));
+    }
+    Ok((stack_len, slot_len))
 }
 
 /// Turns copies into task records: unwinds, interns, decodes the metadata. Its scratch
@@ -1493,4 +1508,21 @@ pub fn fuzz_slot_and_arena(slot: &[u8], arena: &[u8], g: u64, used: u64) -> usiz
         Ok(n) => n as usize,
         Err(_) => 0,
     }
+}
+
+/// Parse `buf` as a chunk of the helper's ring of session `g`, both as if it ended at
+/// the helper's head and as if the read window cut it (fuzzing entry point).
+#[doc(hidden)]
+pub fn fuzz_ring_chunk(buf: &[u8], g: u64) -> usize {
+    let mut n = 0;
+    for cut in [false, true] {
+        let mut check = |c: Copy<&[u8]>| {
+            assert!(c.stack.len() as u64 <= MAX_STACK_COPY);
+            n += 1;
+        };
+        if let Ok((used, _)) = ring::parse_chunk(buf, g, u32::MAX, 0, cut, &mut check) {
+            assert!(used <= buf.len() as u64);
+        }
+    }
+    n
 }

@@ -1,0 +1,340 @@
+//! The consumer's side of the profile helper's ring (abi docs, "Profile helper"): the
+//! tool unwinds the helper's records while the helper writes more, and moves
+//! `ring_tail` so that the helper can write over what it has read.
+//!
+//! Everything here comes from the target: positions that run backwards or past the
+//! ring, records that straddle its end, claim a foreign session or an impossible size
+//! are bad data (an error), never a reason to read out of bounds or loop forever.
+
+use super::{check_record, Copy, SlotCopy};
+use crate::error::{Error, Result};
+use crate::locate::Region;
+use crate::model::RecordedBy;
+use crate::process::memory::pod_from_bytes;
+use gprof_abi::{ArenaRecord, TaskSlot, SLOT_COPY_MIN};
+use std::mem::size_of;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::time::{Duration, Instant};
+
+/// Bytes of the ring read per `pread`: about 1.4k records of a parked task.
+const WINDOW: u64 = 1 << 20;
+const _: () = assert!(WINDOW >= ArenaRecord::MAX_FOOTPRINT);
+/// Bytes of a record header.
+const HEADER: u64 = size_of::<ArenaRecord>() as u64;
+/// Sleep between two looks at an empty ring while the helper works.
+const POLL: Duration = Duration::from_micros(100);
+/// A helper that has started and then adds nothing to the ring for this long, and is
+/// not waiting for a CPU, is stalled (stopped, asleep, or done without saying so): the
+/// tool walks the table itself.
+const STALL: Duration = Duration::from_millis(2);
+
+/// Why [`RingReader::follow`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Followed {
+    /// The helper said it is done: every record it wrote has been consumed.
+    Done,
+    /// The helper did not start, stalled, or took too long; the tool walks the rest.
+    GaveUp,
+}
+
+/// The tool's position in the ring and its read buffer.
+pub(super) struct RingReader {
+    /// Bytes of the ring consumed, ever (our `ring_tail`).
+    tail: u64,
+    len: u64,
+    g: u64,
+    slot_cap: u32,
+    buf: Vec<u8>,
+    /// Records delivered.
+    pub(super) records: u64,
+    /// Bytes consumed (records and padding).
+    pub(super) bytes: u64,
+}
+
+impl RingReader {
+    /// Empty the ring for session `g` (its helper is idle: nothing moves `ring_head`),
+    /// before the helper is woken.
+    pub(super) fn start(region: &Region, g: u64) -> RingReader {
+        let cb = region.control();
+        let tail = cb.ring_head.load(Acquire);
+        cb.ring_tail.store(tail, Release);
+        RingReader {
+            tail,
+            len: region.ring_len(),
+            g,
+            slot_cap: region.layout().slot_cap,
+            buf: Vec::new(),
+            records: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Consume the helper's records while it writes them, until it says it is done or
+    /// stops making progress. `helper_start` is how long a helper that has not
+    /// acknowledged the session yet may take to begin; `limit` bounds the whole wait.
+    pub(super) fn follow(
+        &mut self,
+        region: &Region,
+        helper_start: Duration,
+        limit: Duration,
+        interrupted: &dyn Fn() -> bool,
+        sink: &mut dyn FnMut(Copy<&[u8]>),
+    ) -> Result<Followed> {
+        let cb = region.control();
+        let start = Instant::now();
+        let mut progress_at = start;
+        loop {
+            cb.heartbeat.fetch_add(1, Relaxed);
+            // Before the read: a helper that said it is done had published every record.
+            let done = cb.help_done.load(Acquire) == self.g;
+            if self.consume(region, sink)? > 0 {
+                progress_at = Instant::now();
+                continue;
+            }
+            if done {
+                return Ok(Followed::Done);
+            }
+            let started = cb.help_ack.load(Acquire) == self.g;
+            let mut stalled = if started {
+                progress_at.elapsed() >= STALL
+            } else {
+                start.elapsed() >= helper_start
+            };
+            if stalled && helper_runnable(region) {
+                // Not stalled, only waiting for a CPU: with a busy task on each of two
+                // CPUs, the helper and the tool share one, in slices of a few ms.
+                // Look again in another STALL.
+                stalled = false;
+                progress_at = Instant::now();
+            }
+            // More records than slots: not a helper recording each task once.
+            let flooding = self.records > u64::from(self.slot_cap);
+            if stalled || flooding || start.elapsed() >= limit || interrupted() {
+                return Ok(Followed::GaveUp);
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Read and deliver every record between our tail and the helper's head, then give
+    /// the space back (and wake a helper waiting for it). Returns the bytes consumed.
+    pub(super) fn consume(
+        &mut self,
+        region: &Region,
+        sink: &mut dyn FnMut(Copy<&[u8]>),
+    ) -> Result<u64> {
+        let cb = region.control();
+        let head = cb.ring_head.load(Acquire);
+        if head < self.tail || head - self.tail > self.len {
+            return Err(Error::bad(format!(
+                "the helper's ring head {head:#x} is not within {:#x} bytes after its tail {:#x}",
+                self.len, self.tail
+            )));
+        }
+        let from = self.tail;
+        while self.tail < head {
+            let at = self.tail % self.len;
+            let left = self.len - at;
+            if left < HEADER {
+                // Too little room for a header: the helper skipped it.
+                self.tail += left.min(head - self.tail);
+                continue;
+            }
+            let avail = (head - self.tail).min(left).min(WINDOW);
+            // The chunk ends where the helper's writes do (head), at the ring's end,
+            // or at the window: only in the last case may a record go on past it.
+            let cut = avail == WINDOW && avail < (head - self.tail).min(left);
+            self.buf.resize(avail as usize, 0);
+            region.pread_ring(at, &mut self.buf)?;
+            let (used, pad) = parse_chunk(&self.buf, self.g, self.slot_cap, at, cut, &mut |c| {
+                self.records += 1;
+                sink(c)
+            })?;
+            self.tail += if pad {
+                left.min(head - self.tail)
+            } else {
+                used
+            };
+        }
+        if self.tail != from {
+            cb.ring_tail.store(self.tail, Release);
+            cb.ring_wake.fetch_add(1, Release);
+            super::wake_helper(&cb.ring_wake);
+        }
+        self.bytes += self.tail - from;
+        Ok(self.tail - from)
+    }
+}
+
+/// Is the helper thread runnable (`R`: running, or waiting for a CPU)? The TID is the
+/// target's word: a wrong one costs at most the follow's time limit.
+fn helper_runnable(region: &Region) -> bool {
+    let tid = region.control().helper_tid.load(Acquire);
+    tid != 0 && crate::process::stop::thread_state(region.pid(), tid) == Some('R')
+}
+
+/// Deliver the records of one chunk of the ring (`at`: its offset in the ring, for
+/// messages). Returns the bytes of whole records parsed, and whether a pad header
+/// ended the chunk (the rest of the ring up to its end is skipped). `cut`: the chunk
+/// stops at the read window, so its last record may go on past it (it is read again
+/// with the next chunk); otherwise every byte belongs to a whole record.
+pub(super) fn parse_chunk(
+    buf: &[u8],
+    g: u64,
+    slot_cap: u32,
+    at: u64,
+    cut: bool,
+    sink: &mut dyn FnMut(Copy<&[u8]>),
+) -> Result<(u64, bool)> {
+    let mut pos = 0usize;
+    while pos < buf.len() {
+        let off = at + pos as u64;
+        let Some(head) = buf.get(pos..pos + HEADER as usize) else {
+            if cut {
+                break;
+            }
+            return Err(Error::bad(format!(
+                "the helper's ring ends in a partial record header at {off:#x}"
+            )));
+        };
+        let rec: ArenaRecord = pod_from_bytes(head).expect("sized");
+        if rec.slot == ArenaRecord::PAD_SLOT && rec.generation == g {
+            return Ok((pos as u64, true));
+        }
+        if rec.generation != g {
+            return Err(Error::bad(format!(
+                "the helper's ring holds a record of session {} at {off:#x} (this is session {g})",
+                rec.generation
+            )));
+        }
+        let (stack_len, slot_len) = check_record(&rec, off, g, rec.slot < slot_cap)?;
+        let end = pos as u64 + ArenaRecord::footprint(slot_len, stack_len);
+        if end > buf.len() as u64 {
+            if cut {
+                break;
+            }
+            return Err(Error::bad(format!(
+                "the helper's ring record at {off:#x} runs past what the helper published"
+            )));
+        }
+        let slot_at = pos + ArenaRecord::SLOT_OFFSET as usize;
+        let mut raw = [0u8; size_of::<TaskSlot>()];
+        raw[..slot_len as usize].copy_from_slice(&buf[slot_at..slot_at + slot_len as usize]);
+        let slot = pod_from_bytes::<TaskSlot>(&raw).expect("sized");
+        let stack_at = pos + ArenaRecord::stack_offset(slot_len) as usize;
+        sink(Copy {
+            index: rec.slot,
+            slot: SlotCopy::load_prefix(&slot, (slot_len - SLOT_COPY_MIN) as usize),
+            ip: rec.pc,
+            sp: rec.sp,
+            bp: rec.fp,
+            base: rec.sp,
+            stack: &buf[stack_at..stack_at + stack_len as usize],
+            by: RecordedBy::Runtime,
+        });
+        pos = end as usize;
+    }
+    if pos == 0 && !buf.is_empty() {
+        return Err(Error::bad(format!(
+            "no whole record in {:#x} bytes of the helper's ring at {at:#x}",
+            buf.len()
+        )));
+    }
+    Ok((pos as u64, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(slot: u32, g: u64, stack: &[u8]) -> Vec<u8> {
+        let slot_len = SLOT_COPY_MIN;
+        let rec = ArenaRecord {
+            slot,
+            task_id: u64::from(slot) + 1,
+            generation: g,
+            sp: 0x1000,
+            pc: 0x2000,
+            stack_len: stack.len() as u32,
+            slot_len: slot_len as u32,
+            ..ArenaRecord::default()
+        };
+        let mut out = vec![0u8; ArenaRecord::footprint(slot_len, stack.len() as u64) as usize];
+        out[..HEADER as usize].copy_from_slice(&pod_bytes(&rec));
+        let s = ArenaRecord::stack_offset(slot_len) as usize;
+        out[s..s + stack.len()].copy_from_slice(stack);
+        out
+    }
+
+    fn pod_bytes(rec: &ArenaRecord) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&rec.slot.to_le_bytes());
+        v.extend_from_slice(&rec.flags.to_le_bytes());
+        for w in [rec.task_id, rec.generation, rec.sp, rec.pc, rec.fp] {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
+        for w in [rec.stack_len, rec.slot_len, rec.state, rec.wait_reason] {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
+        v
+    }
+
+    fn parse(buf: &[u8], cut: bool) -> Result<(u64, bool, Vec<u32>)> {
+        let mut slots = Vec::new();
+        let (used, pad) = parse_chunk(buf, 7, 100, 0, cut, &mut |c| slots.push(c.index))?;
+        Ok((used, pad, slots))
+    }
+
+    #[test]
+    fn whole_records_are_delivered_in_order() {
+        let mut buf = record(3, 7, &[1; 40]);
+        buf.extend(record(5, 7, &[2; 8]));
+        let (used, pad, slots) = parse(&buf, false).unwrap();
+        assert_eq!((used, pad, slots), (buf.len() as u64, false, vec![3, 5]));
+    }
+
+    #[test]
+    fn a_pad_header_ends_the_chunk() {
+        let mut buf = record(3, 7, &[1; 40]);
+        let first = buf.len() as u64;
+        buf.extend(record(ArenaRecord::PAD_SLOT, 7, &[]));
+        buf.extend(vec![0xee; 64]);
+        let (used, pad, slots) = parse(&buf, false).unwrap();
+        assert_eq!((used, pad, slots), (first, true, vec![3]));
+    }
+
+    #[test]
+    fn a_record_cut_by_the_window_waits_for_the_next_chunk() {
+        let mut buf = record(3, 7, &[1; 40]);
+        let first = buf.len();
+        buf.extend(record(4, 7, &[2; 400]));
+        let cut_at = first + 100;
+        let (used, _, slots) = parse(&buf[..cut_at], true).unwrap();
+        assert_eq!((used, slots), (first as u64, vec![3]));
+        // The same bytes, but at the helper's head: the record is bad, not pending.
+        let e = parse(&buf[..cut_at], false).unwrap_err();
+        assert!(
+            e.to_string().contains("past what the helper published"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn foreign_sessions_bad_slots_and_sizes_are_errors() {
+        for (buf, needle) in [
+            (record(3, 6, &[1; 8]), "session 6"),
+            (record(100, 7, &[1; 8]), "malformed"),
+            (
+                record(3, 7, &[1; 8])[..30].to_vec(),
+                "partial record header",
+            ),
+        ] {
+            let e = parse(&buf, false).unwrap_err();
+            assert!(e.to_string().contains(needle), "{needle}: {e}");
+        }
+        let mut big = record(3, 7, &[1; 8]);
+        big[48..52].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = parse(&big, false).unwrap_err();
+        assert!(e.to_string().contains("malformed"), "{e}");
+    }
+}
