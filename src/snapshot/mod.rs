@@ -1297,7 +1297,7 @@ impl<'a> Finisher<'a> {
             cache,
             stacks: StackTable::default(),
             // A hint read from the target: a capacity, never trusted beyond it.
-            tasks: Vec::with_capacity(tasks_hint.min(1 << 22)),
+            tasks: huge_vec(tasks_hint.min(1 << 22)),
             files: FxHashMap::default(),
             addrs: Vec::with_capacity(64),
             seen: HashMap::default(),
@@ -1363,6 +1363,24 @@ impl<'a> Finisher<'a> {
             recorded_by: by,
         });
     }
+}
+
+/// An empty vector with room for `n` elements, backed by transparent huge pages where
+/// the system allows them (`madvise` mode). A million task records are 128 MB of fresh
+/// memory: in 4 KiB pages that is 32k page faults, 10 % of a 1M-task snapshot (perf);
+/// in 2 MiB pages, 64.
+fn huge_vec<T>(n: usize) -> Vec<T> {
+    const HUGE: usize = 2 << 20;
+    let v = Vec::with_capacity(n);
+    let (start, bytes) = (v.as_ptr() as usize, v.capacity() * size_of::<T>());
+    let (from, to) = (start.next_multiple_of(HUGE), (start + bytes) / HUGE * HUGE);
+    if to > from {
+        // SAFETY: [from, to) lies inside the vector's own allocation (page-aligned
+        // within it), which nothing has touched yet; MADV_HUGEPAGE changes only how the
+        // kernel backs it, never its contents. A failure (THP off) changes nothing.
+        unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE) };
+    }
+    v
 }
 
 /// Intern the frames `addrs` (hash `h`, see [`stack_hash`]) in `stacks`; a known stack
