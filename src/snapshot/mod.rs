@@ -166,7 +166,9 @@ pub fn interrupted() -> bool {
 /// input, then goes on. The reliability tests use it to interrupt or kill the tool, or
 /// kill the target under it, at a known moment. Points, in snapshot order:
 /// `in-stw1` (every worker stopped, session active, running tasks recorded),
-/// `after-stw1` (target running, session active, no task held), `mid-walk` (a batch of
+/// `after-stw1` (target running, session active, no task held), `helper-woken` (the
+/// runtime's helper asked to record, its ring not consumed: it fills it and waits for
+/// room), `mid-walk` (a batch of
 /// tasks held IN_PROGRESS), `before-stw2` (walk done, nothing held, session active),
 /// `in-stw2` (every worker stopped, session no longer active).
 fn failpoint(name: &str) {
@@ -460,6 +462,7 @@ impl Session {
             ring = Some(ring::RingReader::start(&self.region, g));
             cb.help_seq.fetch_add(1, Release);
             wake_helper(&cb.help_seq);
+            failpoint("helper-woken");
         }
 
         let memo_hits_before = self.unwinder.memo_hits();
@@ -1528,17 +1531,18 @@ pub fn fuzz_slot_and_arena(slot: &[u8], arena: &[u8], g: u64, used: u64) -> usiz
     }
 }
 
-/// Parse `buf` as a chunk of the helper's ring of session `g`, both as if it ended at
-/// the helper's head and as if the read window cut it (fuzzing entry point).
+/// Parse `buf` as a chunk of the helper's ring of session `g`, as if it ended at the
+/// helper's head, at the ring's end, and at the read window (fuzzing entry point).
 #[doc(hidden)]
 pub fn fuzz_ring_chunk(buf: &[u8], g: u64) -> usize {
+    use ring::ChunkEnd;
     let mut n = 0;
-    for cut in [false, true] {
+    for end in [ChunkEnd::Head, ChunkEnd::Ring, ChunkEnd::Window] {
         let mut check = |c: Copy<&[u8]>| {
             assert!(c.stack.len() as u64 <= MAX_STACK_COPY);
             n += 1;
         };
-        if let Ok((used, _)) = ring::parse_chunk(buf, g, u32::MAX, 0, cut, &mut check) {
+        if let Ok((used, _)) = ring::parse_chunk(buf, g, u32::MAX, 0, end, &mut check) {
             assert!(used <= buf.len() as u64);
         }
     }

@@ -54,8 +54,10 @@ pub(crate) fn ensure_started() {
             .map_or(ARENA_KEEP, Duration::from_millis);
         // A failure to start leaves `helper_tid` at 0: profilers then copy every task
         // themselves, as they would from a v4 runtime. Nothing else depends on it.
+        // A name that fits the kernel's 15 bytes of `comm`, so that `top -H` and tests
+        // can tell the helper from the workers.
         let _ = std::thread::Builder::new()
-            .name("target-runtime-profile".into())
+            .name("gprof-rt-helper".into())
             .stack_size(64 << 10)
             .spawn(move || run(region, keep));
     });

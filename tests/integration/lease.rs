@@ -11,11 +11,16 @@ use std::time::{Duration, Instant};
 
 /// Start `gprof-rs attach` stalled at `point` and wait until it says it is there.
 fn stalled_tool(pid: u32, point: &str) -> Child {
+    // The runtime's helper would leave the tool's walk nothing to hold.
+    stalled_tool_with(pid, point, "never")
+}
+
+/// [`stalled_tool`] with `GPROF_RS_HELPER=helper`.
+fn stalled_tool_with(pid: u32, point: &str, helper: &str) -> Child {
     let mut tool = gprof_rs()
         .args(["attach", &pid.to_string()])
         .env("GPROF_FAILPOINT", point)
-        // The runtime's helper would leave the tool's walk nothing to hold.
-        .env("GPROF_RS_HELPER", "never")
+        .env("GPROF_RS_HELPER", helper)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -93,6 +98,58 @@ fn sigkill_after_stw1_never_wedges_the_target() {
     tool.kill().unwrap();
     tool.wait().unwrap();
     all_tasks_seen_again(t.pid);
+    exits_promptly(t);
+}
+
+/// The TID of the runtime's profile helper thread, by its name.
+fn helper_tid(pid: u32) -> u32 {
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid: u32 = e.unwrap().file_name().to_str().unwrap().parse().unwrap();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"));
+        if comm.is_ok_and(|c| c.trim() == "gprof-rt-helper") {
+            return tid;
+        }
+    }
+    panic!("no gprof-rt-helper thread in {pid}");
+}
+
+/// The runtime's helper, woken and then left with a ring nobody consumes (1 MiB, less
+/// than 2000 records), fills it and waits for room; the profiler dies meanwhile. The
+/// helper must notice (the lease), end the session and be back in service: a later
+/// snapshot gets its records again, and the target exits normally.
+#[test]
+fn sigkill_while_the_helper_waits_for_ring_room_never_wedges_the_target() {
+    let t = Target::start_with_env("fixture", ARGS, &[("GPROF_RT_RING_KB", "1024")]);
+    let mut tool = stalled_tool_with(t.pid, "helper-woken", "always");
+    // Woken before the tool said so, the helper is runnable until the ring is full; it
+    // cannot finish (2000 records do not fit), so asleep means waiting for room.
+    let helper = helper_tid(t.pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gprof_rs::process::stop::thread_state(t.pid, helper) != Some('S') {
+        assert!(
+            Instant::now() < deadline,
+            "the helper never filled the ring"
+        );
+        std::thread::yield_now();
+    }
+    tool.kill().unwrap();
+    tool.wait().unwrap();
+    // The helper is idle again once it has noticed: poll for that state, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = Session::attach(t.pid).unwrap();
+        s.set_runtime_helper(gprof_rs::snapshot::HelperUse::Always);
+        let snap = s.snapshot(Mode::Concurrent).unwrap();
+        assert_eq!(snap.tasks.len(), 2003, "recv + busy + main after recovery");
+        if snap.stats.recorded_runtime >= 1000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the helper never came back after its profiler died: {:?}",
+            snap.stats
+        );
+    }
     exits_promptly(t);
 }
 
