@@ -165,8 +165,13 @@ fn print_stats(s: &Snapshot) {
         st.bytes_copied,
     );
     eprintln!(
-        "gprof-rs: phases: with the runtime {:.2} ms (waiting, or unwinding its helper's records as they came), walked {:.2} ms, read the rest after STW2 {:.2} ms; {} bytes of runtime records; {} stacks unwound from a remembered walk",
+        "gprof-rs: phases: with the runtime {:.2} ms ({}), walked {:.2} ms, read the rest after STW2 {:.2} ms; {} bytes of runtime records; {} stacks unwound from a remembered walk",
         st.wait_ns as f64 / 1e6,
+        match st.helper_alongside {
+            Some(true) => "its helper's records unwound as it wrote them",
+            Some(false) => "its helper's records unwound in turns with it",
+            None => "waiting for busy tasks to record themselves; no helper",
+        },
         st.walk_ns as f64 / 1e6,
         st.arena_ns as f64 / 1e6,
         st.runtime_bytes,

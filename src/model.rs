@@ -156,6 +156,10 @@ pub struct SnapshotStats {
     /// After STW 2, reading and unwinding the runtime's records not read before,
     /// nanoseconds.
     pub arena_ns: u64,
+    /// Whether the runtime's profile helper recorded for this snapshot, and how the tool
+    /// read its ring: `Some(true)` while the helper wrote it (two idle CPUs),
+    /// `Some(false)` in turns, `None` without the helper.
+    pub helper_alongside: Option<bool>,
     /// Stacks given the frames of an earlier walk of the same shape instead of being
     /// walked (`unwind/memo.rs`).
     pub memo_hits: u64,

@@ -57,17 +57,24 @@ pub enum HelperUse {
     Auto,
     /// Whenever the runtime has one.
     Always,
+    /// Always, and the tool reads the helper's ring while the helper writes it, whatever
+    /// the CPUs are doing (normally decided per snapshot: two idle CPUs).
+    Alongside,
+    /// Always, and the tool and the helper take turns on the ring.
+    InTurns,
     /// Never: the tool copies every task.
     Never,
 }
 
 impl HelperUse {
-    /// `GPROF_RS_HELPER=never|auto|always` (for benchmarks and tests that compare the
-    /// two ways); `Auto` when unset or unrecognised.
+    /// `GPROF_RS_HELPER=never|auto|always|alongside|turns` (for benchmarks and tests
+    /// that compare the ways); `Auto` when unset or unrecognised.
     pub fn from_env() -> HelperUse {
         match std::env::var("GPROF_RS_HELPER").as_deref() {
             Ok("never") => HelperUse::Never,
             Ok("always") => HelperUse::Always,
+            Ok("alongside") => HelperUse::Alongside,
+            Ok("turns") => HelperUse::InTurns,
             _ => HelperUse::Auto,
         }
     }
@@ -451,7 +458,7 @@ impl Session {
             && match self.helper {
                 HelperUse::Never => false,
                 HelperUse::Auto => live_at_stw1 >= HELPER_MIN_TASKS,
-                HelperUse::Always => true,
+                HelperUse::Always | HelperUse::Alongside | HelperUse::InTurns => true,
             }
             && cb.helper_tid.load(Acquire) != 0
             // Idle: it finished the last session it began, so nothing else writes the
@@ -459,7 +466,13 @@ impl Session {
             && cb.help_done.load(Acquire) == cb.help_ack.load(Acquire);
         let mut ring = None;
         if helping {
-            ring = Some(ring::RingReader::start(&self.region, g));
+            let alongside = match self.helper {
+                HelperUse::Alongside => true,
+                HelperUse::InTurns => false,
+                _ => ring::alongside(),
+            };
+            stats.helper_alongside = Some(alongside);
+            ring = Some(ring::RingReader::start(&self.region, g, alongside));
             cb.help_seq.fetch_add(1, Release);
             wake_helper(&cb.help_seq);
             failpoint("helper-woken");

@@ -228,6 +228,13 @@ impl Ring {
     /// ended first, or its profiler is gone (then the session is aborted, as a worker
     /// waiting on a held task would).
     fn wait_for_room(&self, cb: &ControlBlock, s: u64, need: u64) -> bool {
+        cb.ring_waiting.store(1, Release);
+        let room = self.sleep_for_room(cb, s, need);
+        cb.ring_waiting.store(0, Release);
+        room
+    }
+
+    fn sleep_for_room(&self, cb: &ControlBlock, s: u64, need: u64) -> bool {
         let mut probed = std::time::Instant::now();
         loop {
             let w = cb.ring_wake.load(Acquire);

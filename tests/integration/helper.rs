@@ -72,8 +72,17 @@ fn records_through_a_ring_smaller_than_the_snapshot_are_all_there() {
     drop(alone);
     // The ring's positions carry on across sessions, so each snapshot wraps at other
     // offsets (a record ending less than a header before the ring's end, for one).
-    for _ in 0..10 {
-        let a = helped_snapshot(t.pid);
+    for i in 0..10 {
+        // Both ways of sharing the ring: read while the helper writes, and in turns.
+        let mut session = Session::attach(t.pid).unwrap();
+        session.set_runtime_helper(if i % 2 == 0 {
+            HelperUse::Alongside
+        } else {
+            HelperUse::InTurns
+        });
+        let a = session.snapshot(Mode::Concurrent).unwrap();
+        drop(session);
+        assert!(a.stats.recorded_runtime >= 900, "{:?}", a.stats);
         assert_eq!(a.tasks.len(), 1803);
         // More than the 1 MiB ring holds at once went through it.
         assert!(a.stats.runtime_bytes > 1 << 20, "{:?}", a.stats);

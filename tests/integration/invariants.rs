@@ -297,11 +297,12 @@ fn churn(duration: Option<std::time::Duration>, reuse: bool) {
             Mode::Concurrent
         };
         // Every other snapshot without the runtime's profile helper, so that the tool's
-        // own walk records parked tasks too (with it, the helper records them).
-        session.set_runtime_helper(if i % 2 == 0 {
-            HelperUse::Always
-        } else {
-            HelperUse::Never
+        // own walk records parked tasks too (with it, the helper records them, its ring
+        // read alongside or in turns).
+        session.set_runtime_helper(match i % 4 {
+            0 => HelperUse::Alongside,
+            2 => HelperUse::InTurns,
+            _ => HelperUse::Never,
         });
         let snap = session
             .snapshot(mode)

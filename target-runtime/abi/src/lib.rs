@@ -100,7 +100,11 @@
 //! when a record does not fit it gives its task back first (CAS to the old word), then
 //! sleeps on `ring_wake` until the profiler moves `ring_tail`, the session ends, or
 //! the profiler is found gone (the lease probe below, which also aborts the session).
-//! It never holds a task while it waits. A profiler that stops consuming early (a
+//! It never holds a task while it waits, and stores `ring_waiting = 1` before it
+//! sleeps and 0 when it goes on. A profiler may consume while the helper writes (both
+//! run at once: two CPUs) or only while `ring_waiting` is 1 and then the whole ring
+//! (they take turns: one CPU, when the machine has no other idle one to give). A
+//! profiler that stops consuming early (a
 //! helper that stalled) walks the slots itself, and after STW 2, once no task is held,
 //! reads whatever lies between `ring_tail` and `ring_head`.
 //!
@@ -290,8 +294,10 @@ pub struct ControlBlock {
     /// Futex word the helper sleeps on while the ring is full; the profiler adds 1 and
     /// wakes it after it moves `ring_tail`.
     pub ring_wake: AtomicU32,
-    /// Reserved.
-    pub _reserved: u32,
+    /// 1 while the helper waits for room in the ring (it writes nothing meanwhile), 0
+    /// otherwise. A profiler that does not want to run beside the helper reads the ring
+    /// only then.
+    pub ring_waiting: AtomicU32,
 }
 const _: () = assert!(size_of::<ControlBlock>() == 256);
 const _: () = assert!(size_of::<ControlBlock>() as u64 <= CONTROL_SIZE);
