@@ -209,6 +209,22 @@ struct Sample {
     anon_kb: f64,
     bytes_copied: f64,
     tasks: f64,
+    /// CPU time the hypervisor took from this guest's CPUs during the repetition
+    /// (`steal` of `/proc/stat`, 10 ms ticks): on a shared VM, multi-ms probe gaps with
+    /// both CPUs busy come with it, whatever runs in the guest.
+    steal_ms: f64,
+}
+
+/// Steal time of all CPUs so far, ms (`/proc/stat`, proc(5): 8th value of the `cpu`
+/// line, in USER_HZ = 100 ticks per second).
+fn steal_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: f64 = stat
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(8)?.parse().ok())
+        .unwrap_or(0.0);
+    ticks * 10.0
 }
 
 /// The tool as a child process, reaped with wait4 for its rusage.
@@ -330,7 +346,7 @@ fn main() {
     let mut raw = std::fs::File::create(&raw_path).expect("raw.tsv");
     writeln!(
         raw,
-        "tasks\tvariant\tmode\trep\tgap_us\tlife_gap_us\tstw1_us\tstw2_us\te2e_ms\tsnap_ms\trss_kb\tanon_kb\tbytes_copied\trecorded"
+        "tasks\tvariant\tmode\trep\tgap_us\tlife_gap_us\tstw1_us\tstw2_us\te2e_ms\tsnap_ms\trss_kb\tanon_kb\tbytes_copied\trecorded\tsteal_ms"
     )
     .unwrap();
     let mut all: BTreeMap<(usize, String, String), Vec<Sample>> = BTreeMap::new();
@@ -386,7 +402,8 @@ fn main() {
                 let k = o.modes.len();
                 for j in 0..k {
                     let mode = &o.modes[(j + rep) % k];
-                    let s = match mode.as_str() {
+                    let steal_before = steal_ms();
+                    let mut s = match mode.as_str() {
                         "concurrent" | "stw" | "no-helper" => {
                             rt.cmd("wake");
                             std::thread::sleep(SETTLE);
@@ -432,8 +449,9 @@ fn main() {
                         }
                         other => panic!("unknown mode {other}"),
                     };
+                    s.steal_ms = steal_ms() - steal_before;
                     eprintln!(
-                        "[{n} {variant}] rep {rep} {mode:10}: gap {:9.1} us (life {:9.1}, {} changes)  stw1 {:8.1} us  stw2 {:7.1} us  e2e {:8.1} ms  rss {:7.0} KB (anon {:7.0})  copied {:.0}",
+                        "[{n} {variant}] rep {rep} {mode:10}: gap {:9.1} us (life {:9.1}, {} changes)  stw1 {:8.1} us  stw2 {:7.1} us  e2e {:8.1} ms  rss {:7.0} KB (anon {:7.0})  copied {:.0}  steal {:.0} ms",
                         s.gap_us,
                         s.life_gap_us,
                         s.changes,
@@ -442,11 +460,12 @@ fn main() {
                         s.e2e_ms,
                         s.rss_kb,
                         s.anon_kb,
-                        s.bytes_copied
+                        s.bytes_copied,
+                        s.steal_ms
                     );
                     writeln!(
                         raw,
-                        "{n}\t{variant}\t{mode}\t{rep}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.3}\t{:.3}\t{:.0}\t{:.0}\t{:.0}\t{:.0}",
+                        "{n}\t{variant}\t{mode}\t{rep}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.3}\t{:.3}\t{:.0}\t{:.0}\t{:.0}\t{:.0}\t{:.0}",
                         s.gap_us,
                         s.life_gap_us,
                         s.stw1_us,
@@ -456,7 +475,8 @@ fn main() {
                         s.rss_kb,
                         s.anon_kb,
                         s.bytes_copied,
-                        s.tasks
+                        s.tasks,
+                        s.steal_ms
                     )
                     .unwrap();
                     all.entry((n, variant.clone(), mode.clone()))
@@ -516,8 +536,8 @@ fn report(o: &Opts, all: &BTreeMap<(usize, String, String), Vec<Sample>>, loads:
         "Snapshot benchmark: {} repetitions per cell, depth {}, {} workers / GOMAXPROCS. median / max.\n",
         o.reps, o.depth, o.workers
     );
-    println!("| N | variant | mode | probe worst gap in session µs | … over the tool's life µs | STW 1 µs | STW 2 µs | end-to-end ms | tool peak RSS MB | tool peak private (RssAnon) MB | stack bytes copied / task |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| N | variant | mode | probe worst gap in session µs | … over the tool's life µs | STW 1 µs | STW 2 µs | end-to-end ms | tool peak RSS MB | tool peak private (RssAnon) MB | stack bytes copied / task | host steal ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for ((n, v, m), s) in all {
         let tool = m == "concurrent" || m == "stw" || m == "no-helper";
         let e2e_name = match m.as_str() {
@@ -526,7 +546,7 @@ fn report(o: &Opts, all: &BTreeMap<(usize, String, String), Vec<Sample>>, loads:
             _ => "",
         };
         println!(
-            "| {n} | {v} | {m} | {} | {} | {} | {} | {}{e2e_name} | {} | {} | {} |",
+            "| {n} | {v} | {m} | {} | {} | {} | {} | {}{e2e_name} | {} | {} | {} | {} |",
             mm(s, |x| x.gap_us),
             mm(s, |x| x.life_gap_us),
             if tool {
@@ -555,6 +575,7 @@ fn report(o: &Opts, all: &BTreeMap<(usize, String, String), Vec<Sample>>, loads:
             } else {
                 "–".into()
             },
+            mm(s, |x| x.steal_ms),
         );
     }
 

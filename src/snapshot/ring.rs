@@ -190,10 +190,11 @@ impl RingReader {
 /// Should the tool read the ring while the helper writes it? Only when that leaves the
 /// target's running threads their CPUs: the tool and the helper together need two, so
 /// only if two are idle, counting the tool as one already taken. Otherwise they take
-/// turns on one CPU, as a single-threaded profiler would. Measured with the benchmark's
-/// probe spinning on one of two CPUs (1M idle tasks): alongside, the probe lost the CPU
-/// for 4-5 ms scheduler slices (median worst gap 4.5-5 ms, against 0.15 ms at 1k); the
-/// turns cost ~0.2 s of the 1M snapshot's ~1 s. `nr_running` is the kernel's count of
+/// turns on one CPU, as a single-threaded profiler would: a third runnable thread on
+/// two busy CPUs is a scheduler slice (3-4 ms here) taken from whichever running
+/// thread the kernel preempts for it, and that is the pause the benchmark's probe
+/// measures (4.7 ms median at 1M idle tasks alongside, against 0.15 ms in turns, in
+/// one side-by-side run; BENCHMARKS.md). `nr_running` is the kernel's count of
 /// runnable threads (`/proc/loadavg`, proc(5)), the tool included.
 pub(super) fn alongside() -> bool {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -358,7 +359,7 @@ mod tests {
     }
 
     /// Fewer bytes than a header before the ring's end are skipped by the helper (found
-    /// by the benchmark: a record ending 32 bytes before the end of an 8 MiB ring); at
+    /// by the benchmark: a record ending 32 bytes before the end of the ring); at
     /// the helper's head they would be a partial record.
     #[test]
     fn a_tail_too_short_for_a_header_is_skipped_only_at_the_rings_end() {

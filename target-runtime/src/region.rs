@@ -26,12 +26,13 @@ pub const SLOT_CAP: u32 = 1 << 21;
 /// every parked task), so 1 GiB holds a million.
 pub const ARENA_LEN: u64 = 1 << 30;
 /// Bytes of the profile helper's ring (abi docs, "Profile helper"). The profiler
-/// consumes it while the helper fills it; a few MiB keep both busy (the helper writes
-/// 1 MiB of records in well under a millisecond, the profiler unwinds them in about
-/// one) and are what a snapshot of any number of parked tasks allocates.
-/// `GPROF_RT_RING_KB` overrides it (tests make the ring wrap and fill with few tasks),
-/// never below [`MIN_RING_LEN`].
-pub const RING_LEN: u64 = 8 << 20;
+/// consumes it while the helper fills it, or in turns with it; 2 MiB is ~2.5k records
+/// of a parked task: the helper fills it in ~0.8 ms, the profiler unwinds it in ~1 ms.
+/// Bigger buys nothing when both run at once, and in turns it makes each turn longer:
+/// a turn taken on the CPU of a running task is a pause that task suffers. It is what
+/// a snapshot of any number of parked tasks allocates. `GPROF_RT_RING_KB` overrides it
+/// (tests make the ring wrap and fill with few tasks), never below [`MIN_RING_LEN`].
+pub const RING_LEN: u64 = 2 << 20;
 /// Smallest ring: twice the largest record, rounded up, so that the next record always
 /// fits once the profiler has consumed the ring.
 pub const MIN_RING_LEN: u64 = 1 << 20;
