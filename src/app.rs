@@ -165,7 +165,7 @@ fn print_stats(s: &Snapshot) {
         st.bytes_copied,
     );
     eprintln!(
-        "gprof-rs: phases: with the runtime {:.2} ms ({}), walked {:.2} ms, read the rest after STW2 {:.2} ms; {} bytes of runtime records; {} stacks unwound from a remembered walk",
+        "gprof-rs: phases: with the runtime {:.2} ms ({}), walked {:.2} ms ({}), read the rest after STW2 {:.2} ms; {} bytes of runtime records; {} stacks unwound from a remembered walk",
         st.wait_ns as f64 / 1e6,
         match st.helper_alongside {
             Some(true) => "its helper's records unwound as it wrote them",
@@ -173,6 +173,10 @@ fn print_stats(s: &Snapshot) {
             None => "waiting for busy tasks to record themselves; no helper",
         },
         st.walk_ns as f64 / 1e6,
+        match st.helper_leftovers {
+            Some(n) => format!("the {n} slots the helper left"),
+            None => "the whole table".to_string(),
+        },
         st.arena_ns as f64 / 1e6,
         st.runtime_bytes,
         st.memo_hits,

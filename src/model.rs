@@ -160,6 +160,9 @@ pub struct SnapshotStats {
     /// read its ring: `Some(true)` while the helper wrote it (two idle CPUs),
     /// `Some(false)` in turns, `None` without the helper.
     pub helper_alongside: Option<bool>,
+    /// When the helper's pass covered every slot alive at STW 1: how many slots it left
+    /// to the tool, which walked only those (`None`: the tool walked the whole table).
+    pub helper_leftovers: Option<u64>,
     /// Stacks given the frames of an earlier walk of the same shape instead of being
     /// walked (`unwind/memo.rs`).
     pub memo_hits: u64,

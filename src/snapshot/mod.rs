@@ -379,6 +379,7 @@ impl Session {
         let stw1_mono;
         let self_recorded_at_stw1;
         let live_at_stw1;
+        let hwm_at_stw1;
         {
             let workers = worker_tids(&self.region);
             let _rt = RealtimeGuard::raise();
@@ -406,6 +407,9 @@ impl Session {
             // given its id after this store, so its spawner (stopped or not) sees the
             // session and marks it newer than STW 1 (abi docs, "Task creation").
             stats.id_cutoff = cb.next_task_id.load(SeqCst);
+            // Every task alive now has its slot below this (a slot is counted in
+            // `slot_hwm` before a task is put in it).
+            hwm_at_stw1 = hwm();
             self_recorded_at_stw1 = cb.self_recorded.load(SeqCst);
             live_at_stw1 = cb.live_tasks.load(SeqCst);
             _active = Some(ActiveGuard {
@@ -536,13 +540,24 @@ impl Session {
             for c in std::mem::take(&mut copies) {
                 fin.add(c);
             }
+            // A helper that visited every slot alive at STW 1 named the ones it left
+            // (abi docs, "Profile helper"): only those are walked, and the tool never
+            // touches the rest of the table (512 MB of it at 1M tasks).
+            let leftovers = ring
+                .as_mut()
+                .filter(|r| r.marks.pass_done.is_some_and(|h| h >= hwm_at_stw1))
+                .map(|r| std::mem::take(&mut r.marks.leftovers));
+            stats.helper_leftovers = leftovers.as_ref().map(|l| l.len() as u64);
             // Each batch is unwound straight from the walk's buffer once its tasks are
             // released.
             walk(
                 &self.region,
                 &self.mem,
                 g,
-                0..hwm(),
+                match &leftovers {
+                    Some(l) => Box::new(l.iter().copied()) as Box<dyn Iterator<Item = u32>>,
+                    None => Box::new(0..hwm()),
+                },
                 RecordedBy::Tool,
                 &mut fin,
                 &mut skipped,
@@ -609,7 +624,12 @@ impl Session {
             // record yet (its thread was descheduled): the task is in no other record, so
             // wait for its hold to end and read the arena's length again.
             let t_arena = Instant::now();
-            let (used_now, settled) = wait_runtime_holds(&self.region, g, slot_cap);
+            let (used_now, settled) = match &leftovers {
+                // Nothing else can be held: the helper has finished, and every other
+                // slot was recorded or free when it passed.
+                Some(l) => wait_runtime_holds(&self.region, g, l.iter().copied()),
+                None => wait_runtime_holds(&self.region, g, 0..hwm()),
+            };
             let used = used.max(used_now);
             // A target that died while one of its threads was writing a record leaves
             // it unfinished: say that it died, not that it lied.
@@ -977,16 +997,15 @@ fn walk(
 /// thread, then return the arena's length, and whether no hold was left. The tool holds
 /// nothing by now, so every such hold is a runtime thread between its CAS and its
 /// `SATISFIED` store.
-fn wait_runtime_holds(region: &Region, g: u64, slot_cap: u32) -> (u64, bool) {
+fn wait_runtime_holds(region: &Region, g: u64, slots: impl Iterator<Item = u32>) -> (u64, bool) {
     let cb = region.control();
-    let hwm = cb.slot_hwm.load(Acquire).min(u64::from(slot_cap)) as u32;
     let in_progress = prof::pack(g, prof::IN_PROGRESS);
     let held = |i: &u32| {
         region
             .slot(*i)
             .is_some_and(|s| s.prof.load(Acquire) == in_progress)
     };
-    let mut holds: Vec<u32> = (0..hwm).filter(held).collect();
+    let mut holds: Vec<u32> = slots.filter(held).collect();
     let t = Instant::now();
     while !holds.is_empty() && t.elapsed() < ARENA_WAIT {
         std::thread::yield_now();
@@ -1555,7 +1574,15 @@ pub fn fuzz_ring_chunk(buf: &[u8], g: u64) -> usize {
             assert!(c.stack.len() as u64 <= MAX_STACK_COPY);
             n += 1;
         };
-        if let Ok((used, _)) = ring::parse_chunk(buf, g, u32::MAX, 0, end, &mut check) {
+        if let Ok((used, _)) = ring::parse_chunk(
+            buf,
+            g,
+            u32::MAX,
+            0,
+            end,
+            &mut Default::default(),
+            &mut check,
+        ) {
             assert!(used <= buf.len() as u64);
         }
     }

@@ -38,6 +38,8 @@ pub(super) struct RingReader {
     buf: Vec<u8>,
     /// Read the ring while the helper writes it (two CPUs), rather than in turns.
     alongside: bool,
+    /// The helper's leftovers and end of pass.
+    pub(super) marks: Marks,
     /// Records delivered.
     pub(super) records: u64,
     /// Bytes consumed (records and padding).
@@ -58,6 +60,7 @@ impl RingReader {
             slot_cap: region.layout().slot_cap,
             buf: Vec::new(),
             alongside,
+            marks: Marks::default(),
             records: 0,
             bytes: 0,
         }
@@ -154,10 +157,19 @@ impl RingReader {
             };
             self.buf.resize(avail as usize, 0);
             region.pread_ring(at, &mut self.buf)?;
-            let (used, pad) = parse_chunk(&self.buf, self.g, self.slot_cap, at, end, &mut |c| {
-                self.records += 1;
-                sink(c)
-            })?;
+            let records = &mut self.records;
+            let (used, pad) = parse_chunk(
+                &self.buf,
+                self.g,
+                self.slot_cap,
+                at,
+                end,
+                &mut self.marks,
+                &mut |c| {
+                    *records += 1;
+                    sink(c)
+                },
+            )?;
             self.tail += if pad {
                 left.min(head - self.tail)
             } else {
@@ -212,6 +224,44 @@ fn helper_runnable(region: &Region) -> bool {
     tid != 0 && crate::process::stop::thread_state(region.pid(), tid) == Some('R')
 }
 
+/// What the helper's header-only records said (abi docs, "Profile helper").
+#[derive(Debug, Default)]
+pub(super) struct Marks {
+    /// Slots the helper visited and left for the tool to look at.
+    pub(super) leftovers: Vec<u32>,
+    /// The helper visited every slot below this one.
+    pub(super) pass_done: Option<u32>,
+}
+
+impl Marks {
+    fn add(&mut self, rec: &ArenaRecord, off: u64, slot_cap: u32) -> Result<()> {
+        let bad = |why: &str| {
+            Err(Error::bad(format!(
+                "the helper's ring mark at {off:#x} is malformed ({why}: flags {:#x}, slot {}, slot_len {}, stack_len {})",
+                rec.flags, rec.slot, rec.slot_len, rec.stack_len
+            )))
+        };
+        if rec.slot_len != 0 || rec.stack_len != 0 {
+            return bad("a mark has no body");
+        }
+        match rec.flags {
+            ArenaRecord::FLAG_LEFTOVER if rec.slot < slot_cap => {
+                // A pass visits each slot once: more leftovers than the table holds
+                // is not a helper's pass.
+                if self.leftovers.len() >= slot_cap as usize {
+                    return bad("more leftovers than slots");
+                }
+                self.leftovers.push(rec.slot);
+            }
+            ArenaRecord::FLAG_PASS_DONE if rec.slot <= slot_cap && self.pass_done.is_none() => {
+                self.pass_done = Some(rec.slot);
+            }
+            _ => return bad("unknown, out of the table, or a second end of pass"),
+        }
+        Ok(())
+    }
+}
+
 /// Where a chunk of the ring read in one go ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ChunkEnd {
@@ -234,6 +284,7 @@ pub(super) fn parse_chunk(
     slot_cap: u32,
     at: u64,
     end: ChunkEnd,
+    marks: &mut Marks,
     sink: &mut dyn FnMut(Copy<&[u8]>),
 ) -> Result<(u64, bool)> {
     let mut pos = 0usize;
@@ -259,6 +310,12 @@ pub(super) fn parse_chunk(
                 "the helper's ring holds a record of session {} at {off:#x} (this is session {g})",
                 rec.generation
             )));
+        }
+        let marked = rec.flags & (ArenaRecord::FLAG_LEFTOVER | ArenaRecord::FLAG_PASS_DONE);
+        if marked != 0 {
+            marks.add(&rec, off, slot_cap)?;
+            pos += ArenaRecord::MARK_LEN as usize;
+            continue;
         }
         let (stack_len, slot_len) = check_record(&rec, off, g, rec.slot < slot_cap)?;
         let next = pos as u64 + ArenaRecord::footprint(slot_len, stack_len);
@@ -334,8 +391,54 @@ mod tests {
 
     fn parse(buf: &[u8], end: ChunkEnd) -> Result<(u64, bool, Vec<u32>)> {
         let mut slots = Vec::new();
-        let (used, pad) = parse_chunk(buf, 7, 100, 0, end, &mut |c| slots.push(c.index))?;
+        let mut marks = Marks::default();
+        let (used, pad) = parse_chunk(buf, 7, 100, 0, end, &mut marks, &mut |c| {
+            slots.push(c.index)
+        })?;
         Ok((used, pad, slots))
+    }
+
+    fn mark(flags: u32, slot: u32) -> Vec<u8> {
+        pod_bytes(&ArenaRecord {
+            slot,
+            flags,
+            generation: 7,
+            ..ArenaRecord::default()
+        })
+    }
+
+    #[test]
+    fn leftovers_and_the_end_of_the_pass_are_collected_between_records() {
+        let mut buf = mark(ArenaRecord::FLAG_LEFTOVER, 9);
+        buf.extend(record(3, 7, &[1; 40]));
+        buf.extend(mark(ArenaRecord::FLAG_LEFTOVER, 11));
+        buf.extend(mark(ArenaRecord::FLAG_PASS_DONE, 100));
+        let mut marks = Marks::default();
+        let mut slots = Vec::new();
+        let (used, pad) = parse_chunk(&buf, 7, 100, 0, ChunkEnd::Head, &mut marks, &mut |c| {
+            slots.push(c.index)
+        })
+        .unwrap();
+        assert_eq!((used, pad, slots), (buf.len() as u64, false, vec![3]));
+        assert_eq!((marks.leftovers, marks.pass_done), (vec![9, 11], Some(100)));
+    }
+
+    #[test]
+    fn malformed_marks_are_errors() {
+        let mut with_body = mark(ArenaRecord::FLAG_LEFTOVER, 9);
+        with_body[52..56].copy_from_slice(&SLOT_COPY_MIN.to_le_bytes()[..4]);
+        let mut twice = mark(ArenaRecord::FLAG_PASS_DONE, 10);
+        twice.extend(mark(ArenaRecord::FLAG_PASS_DONE, 10));
+        for buf in [
+            with_body,
+            twice,
+            mark(ArenaRecord::FLAG_LEFTOVER, 100),
+            mark(ArenaRecord::FLAG_PASS_DONE, 101),
+            mark(ArenaRecord::FLAG_LEFTOVER | ArenaRecord::FLAG_PASS_DONE, 1),
+        ] {
+            let e = parse(&buf, ChunkEnd::Head).unwrap_err();
+            assert!(e.to_string().contains("mark"), "{e}");
+        }
     }
 
     #[test]

@@ -118,9 +118,26 @@ fn record_all(region: &Region, cb: &ControlBlock, s: u64) {
             return;
         }
         let slot = region.slot(i);
-        let Hold::Held { was: p } = slot.try_hold(g) else {
-            i += 1;
-            continue;
+        let p = match slot.try_hold(g) {
+            Hold::Held { was } => was,
+            Hold::Unborn => {
+                // The spawner decides in a moment whether the task predates STW 1.
+                if !ring.mark(cb, s, ArenaRecord::FLAG_LEFTOVER, i) {
+                    return;
+                }
+                i += 1;
+                continue;
+            }
+            Hold::No => {
+                // Free, recorded, or not ours to take: someone else holds it (its
+                // record is on its way to the arena), or took it first.
+                let done = slot.task_id.load(Acquire) == 0 || slot.prof.load(Acquire) == satisfied;
+                if !done && !ring.mark(cb, s, ArenaRecord::FLAG_LEFTOVER, i) {
+                    return;
+                }
+                i += 1;
+                continue;
+            }
         };
         // Absent means not running (a running task passed the barrier or was recorded
         // at STW 1), so it cannot exit under the hold; a slot freed between the two
@@ -152,6 +169,8 @@ fn record_all(region: &Region, cb: &ControlBlock, s: u64) {
             .compare_exchange(in_progress, satisfied, Release, Relaxed);
         i += 1;
     }
+    // Every slot below `hwm` visited: the profiler need only look at the leftovers.
+    ring.mark(cb, s, ArenaRecord::FLAG_PASS_DONE, hwm);
 }
 
 /// The producer's side of the ring (abi docs, "Profile helper").
@@ -216,6 +235,29 @@ impl Ring {
         let start = (self.head + pad) % self.len;
         self.next = self.head + pad + need;
         Some((self.base + start) as *mut u8)
+    }
+
+    /// Send a header-only record (`flags`, about `slot`), waiting for room if need be;
+    /// `false` when the session ended (or its profiler vanished) first.
+    fn mark(&mut self, cb: &ControlBlock, s: u64, flags: u32, slot: u32) -> bool {
+        loop {
+            if let Some(dst) = self.reserve(cb, ArenaRecord::MARK_LEN) {
+                let header = ArenaRecord {
+                    slot,
+                    flags,
+                    generation: self.g,
+                    ..ArenaRecord::default()
+                };
+                // SAFETY: `reserve` handed us MARK_LEN = size_of::<ArenaRecord>()
+                // bytes at `dst`, inside the ring, unread until `publish`.
+                unsafe { std::ptr::write_unaligned(dst as *mut ArenaRecord, header) };
+                self.publish(cb);
+                return true;
+            }
+            if !self.wait_for_room(cb, s, ArenaRecord::MARK_LEN) {
+                return false;
+            }
+        }
     }
 
     /// The reserved record is written: let the profiler read it.

@@ -40,10 +40,11 @@ pub const DEATH_BOUND: Duration = Duration::from_secs(1);
 /// Deadline for any answer from a process under test (a hang, not a slow answer).
 const ANSWER: Duration = Duration::from_secs(20);
 
-/// The failpoints of `src/snapshot.rs`, in snapshot order.
-const POINTS: [&str; 5] = [
+/// The failpoints of `src/snapshot/mod.rs`, in snapshot order.
+const POINTS: [&str; 6] = [
     "in-stw1",
     "after-stw1",
+    "helper-woken",
     "mid-walk",
     "before-stw2",
     "in-stw2",

@@ -100,6 +100,16 @@
 //! when a record does not fit it gives its task back first (CAS to the old word), then
 //! sleeps on `ring_wake` until the profiler moves `ring_tail`, the session ends, or
 //! the profiler is found gone (the lease probe below, which also aborts the session).
+//! Slots it visits but does not record because a spawner was publishing them
+//! (`UNBORN`) or someone else held them, it names in header-only records
+//! ([`ArenaRecord::FLAG_LEFTOVER`]); a pass over every slot ends with a
+//! [`ArenaRecord::FLAG_PASS_DONE`] header naming the slot count it covered. A profiler
+//! that reads that header has the helper's word that every other slot below it was
+//! recorded or needs nothing, and looks only at the leftovers, instead of touching
+//! every slot of the table (a million slots are 512 MB of it). A pass cut short (the
+//! session ended, the profiler vanished) sends no such header: the profiler then walks
+//! every slot.
+//!
 //! It never holds a task while it waits, and stores `ring_waiting = 1` before it
 //! sleeps and 0 when it goes on. A profiler may consume while the helper writes (both
 //! run at once: two CPUs) or only while `ring_waiting` is 1 and then the whole ring
@@ -635,6 +645,17 @@ impl ArenaRecord {
     /// `slot` of a ring header that pads the ring to its end (v6): the next record is
     /// at the ring's start.
     pub const PAD_SLOT: u32 = u32::MAX;
+    /// A ring header alone (v6, `slot_len` and `stack_len` 0): the helper did not
+    /// record the task in `slot` (a spawner was publishing it, or someone else held
+    /// it); the profiler looks at that slot itself.
+    pub const FLAG_LEFTOVER: u32 = 2;
+    /// A ring header alone (v6, `slot_len` and `stack_len` 0), the helper's last record
+    /// of a session: it has visited every slot below `slot` since the session began,
+    /// recording each task absent from it or sending a [`Self::FLAG_LEFTOVER`] header.
+    pub const FLAG_PASS_DONE: u32 = 4;
+    /// Bytes of a header-only ring record ([`Self::FLAG_LEFTOVER`],
+    /// [`Self::FLAG_PASS_DONE`]).
+    pub const MARK_LEN: u64 = size_of::<ArenaRecord>() as u64;
     /// The largest footprint a record can have: a whole slot and [`MAX_STACK_COPY`]
     /// bytes of stack. A ring of less than twice this could not always take the next
     /// record.
