@@ -367,6 +367,12 @@ impl Session {
     pub fn snapshot(&mut self, mode: Mode) -> Result<Snapshot> {
         let start = Instant::now();
         let mut stats = SnapshotStats::default();
+        // Before STW 1: right after it the workers it woke are runnable for a moment,
+        // and would count as busy CPUs.
+        let idle_cpus_for_two = mode == Mode::Concurrent
+            && !self.reuse
+            && matches!(self.helper, HelperUse::Auto | HelperUse::Always)
+            && ring::alongside();
         let cb = self.region.control();
         let g = session::generation(cb.session.load(SeqCst)) + 1;
         let slot_cap = self.region.layout().slot_cap;
@@ -473,7 +479,7 @@ impl Session {
             let alongside = match self.helper {
                 HelperUse::Alongside => true,
                 HelperUse::InTurns => false,
-                _ => ring::alongside(),
+                _ => idle_cpus_for_two,
             };
             stats.helper_alongside = Some(alongside);
             ring = Some(ring::RingReader::start(&self.region, g, alongside));
