@@ -23,8 +23,9 @@ pub const HEAD: usize = size_of::<Descriptor>() + size_of::<ControlBlock>();
 pub const SLOT: usize = size_of::<gprof_abi::TaskSlot>();
 
 /// The input layout: descriptor (48 bytes), control block (256), task slot (512), then
-/// the arena (the rest, also parsed as a chunk of the helper's ring). The session generation and the arena's used length come from
-/// the control block's `session` and `arena_used` words.
+/// the arena (the rest, also parsed as a chunk of the helper's ring). The session
+/// generation and the arena's used length come from the control block's `session` and
+/// `arena_used` words.
 pub fn abi_parse(data: &[u8]) {
     let Some(d) = pod_from_bytes::<Descriptor>(data) else {
         return;

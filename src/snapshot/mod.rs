@@ -4,12 +4,14 @@
 //! ```text
 //! STW 1   ptrace-stop every worker thread                            O(workers)
 //!         session = g | ACTIVE; record the task each worker names as current
-//!         resume
-//! walk    for each slot: CAS absent -> IN_PROGRESS(g), copy registers and stack,
-//!         CAS -> SATISFIED(g); unwind the copy after the task is released
+//!         resume; wake the runtime's profile helper (4096 tasks or more)
+//! follow  unwind the helper's records from its ring as it writes them (ring.rs)
+//! walk    for each slot (only those the helper left, if its pass was whole): CAS
+//!         absent -> IN_PROGRESS(g), copy registers and stack, CAS -> SATISFIED(g);
+//!         unwind the copy after the task is released
 //!         (meanwhile the runtime records tasks itself before it resumes them)
 //! STW 2   ptrace-stop workers; session = g (ACTIVE cleared); resume      O(workers)
-//! after   read the runtime's arena records; unwind them
+//! after   read the runtime's arena records and the rest of the ring; unwind them
 //! ```
 //!
 //! The rules of the protocol are written down once, in `gprof_abi`'s crate docs.
@@ -175,9 +177,9 @@ pub fn interrupted() -> bool {
 /// `in-stw1` (every worker stopped, session active, running tasks recorded),
 /// `after-stw1` (target running, session active, no task held), `helper-woken` (the
 /// runtime's helper asked to record, its ring not consumed: it fills it and waits for
-/// room), `mid-walk` (a batch of
-/// tasks held IN_PROGRESS), `before-stw2` (walk done, nothing held, session active),
-/// `in-stw2` (every worker stopped, session no longer active).
+/// room), `mid-walk` (a batch of tasks held IN_PROGRESS), `before-stw2` (walk done,
+/// nothing held, session active), `in-stw2` (every worker stopped, session no longer
+/// active).
 fn failpoint(name: &str) {
     static POINT: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
     static FIRED: AtomicBool = AtomicBool::new(false);

@@ -1,6 +1,6 @@
 //! The profile helper: one runtime thread that records parked tasks in-process when a
-//! profiler asks (gprof_abi docs, "Profile helper"), and gives the arena's pages back
-//! once nobody has profiled for a while.
+//! profiler asks (gprof_abi docs, "Profile helper"), and gives the arena's and the
+//! ring's pages back once nobody has profiled for a while.
 //!
 //! Why a thread of the target does this: the profiler's own copy of a parked task is a
 //! `process_vm_readv` of one stack page, which the kernel pins and walks page tables
@@ -298,8 +298,8 @@ impl Ring {
     }
 }
 
-/// Give the arena's pages back. `false` if a profiler holds (or takes) the lease
-/// meanwhile: try again after the next quiet period.
+/// Give the arena's and the ring's pages back (`Region::scratch_range`). `false` if a
+/// profiler holds (or takes) the lease meanwhile: try again after the next quiet period.
 fn punch_arena(region: &Region) -> bool {
     let cb = region.control();
     let (start, len) = region.scratch_range();
