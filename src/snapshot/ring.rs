@@ -1,6 +1,7 @@
 //! The consumer's side of the profile helper's ring (abi docs, "Profile helper"): the
-//! tool unwinds the helper's records while the helper writes more, and moves
-//! `ring_tail` so that the helper can write over what it has read.
+//! tool unwinds the helper's records while the helper writes more (or in turns with
+//! it, when the machine has no two idle CPUs), and moves `ring_tail` so that the
+//! helper can write over what it has read.
 //!
 //! Everything here comes from the target: positions that run backwards or past the
 //! ring, records that straddle its end, claim a foreign session or an impossible size
@@ -188,9 +189,7 @@ impl RingReader {
         self.bytes += self.tail - from;
         Ok(self.tail - from)
     }
-}
 
-impl RingReader {
     /// Let the helper write over what we have read, and wake it if it waits for room.
     fn give_back(&self, cb: &gprof_abi::ControlBlock) {
         cb.ring_tail.store(self.tail, Release);
