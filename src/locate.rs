@@ -936,10 +936,14 @@ impl Region {
         self.layout.ring_len
     }
 
-    /// Read `buf.len()` bytes of the helper's ring at `offset` (relative to the ring),
-    /// through the file: the helper may write the ring again as soon as we move
-    /// `ring_tail`, so its records are copied out, never referenced in place.
-    pub fn pread_ring(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    /// Copy `buf.len()` bytes of the helper's ring at `offset` (relative to the ring).
+    /// The helper may write the ring again as soon as we move `ring_tail`, and a hostile
+    /// one at any time, so its records are copied out with volatile reads (as
+    /// [`Region::read_arena`]) and only the copy is interpreted. Through the mapping, not
+    /// `pread` as the arena: the ring's 2 MiB stay mapped and hot, while the kernel's
+    /// file copy cost 0.17-0.48 s of system time per 1M-task snapshot against
+    /// 0.03-0.11 s this way (0.77-0.87 s against 0.45-0.52 s end to end, side by side).
+    pub fn read_ring(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > self.layout.ring_len) {
             return Err(Error::bad(format!(
@@ -948,9 +952,11 @@ impl Region {
                 self.layout.ring_len
             )));
         }
-        if self.pread(self.layout.ring_off + offset, buf)? != buf.len() {
-            return Err(Error::bad("the region file is shorter than its ring"));
-        }
+        let start = (self.layout.ring_off + offset) as usize;
+        // SAFETY: [ring_off + offset, + len) lies inside the mapping (validated layout:
+        // the ring fits the region; and the check above); `buf` is a distinct local
+        // buffer; u8 has no invalid values.
+        unsafe { volatile_copy(self.base.as_ptr().add(start), buf) };
         Ok(())
     }
 
@@ -998,6 +1004,21 @@ unsafe fn volatile_copy(src: *const u8, dst: &mut [u8]) {
         // SAFETY: i < n, inside the range the caller vouches for.
         dst[i] = unsafe { std::ptr::read_volatile(src.add(i)) };
         i += 1;
+    }
+    // Eight words a step: one bounds check and one store of 64 bytes per step (a word at
+    // a time, a bounds check each, ran at about the kernel's `pread` speed).
+    while i + 64 <= n {
+        let p = src.wrapping_add(i).cast::<u64>();
+        let mut block = [0u64; 8];
+        for (k, w) in block.iter_mut().enumerate() {
+            // SAFETY: src + i is 8-aligned (loop above) and i + 64 <= n.
+            *w = unsafe { std::ptr::read_volatile(p.add(k)) };
+        }
+        let out: &mut [u8; 64] = (&mut dst[i..i + 64]).try_into().expect("64 bytes");
+        for (k, w) in block.iter().enumerate() {
+            out[k * 8..k * 8 + 8].copy_from_slice(&w.to_ne_bytes());
+        }
+        i += 64;
     }
     while i + 8 <= n {
         // SAFETY: src + i is 8-aligned (loop above) and i + 8 <= n.
@@ -1147,6 +1168,19 @@ mod tests {
             ring_off: 3 << 19,
             ring_len: 1 << 19,
             runtime_pid: 1,
+        }
+    }
+
+    #[test]
+    fn volatile_copy_copies_every_alignment_and_length() {
+        let src: Vec<u8> = (0..400u32).map(|i| (i * 7 + 3) as u8).collect();
+        for from in 0..17 {
+            for len in (0..=300).step_by(7).chain([63, 64, 65, 127, 128, 129]) {
+                let mut out = vec![0u8; len];
+                // SAFETY: [from, from + len) lies inside `src`, which nobody writes.
+                unsafe { volatile_copy(src.as_ptr().add(from), &mut out) };
+                assert_eq!(out, src[from..from + len], "from {from} len {len}");
+            }
         }
     }
 

@@ -17,7 +17,7 @@ use std::mem::size_of;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
-/// Bytes of the ring read per `pread`: about 1.4k records of a parked task.
+/// Bytes of the ring copied out at a time: about 1.3k records of a parked task.
 const WINDOW: u64 = 1 << 20;
 const _: () = assert!(WINDOW >= ArenaRecord::MAX_FOOTPRINT);
 /// Bytes of a record header.
@@ -107,10 +107,10 @@ impl RingReader {
             } else {
                 start.elapsed() >= helper_start
             };
-            if stalled && helper_runnable(region) {
-                // Not stalled, only waiting for a CPU: with a busy task on each of two
-                // CPUs, the helper and the tool share one, in slices of a few ms.
-                // Look again in another STALL.
+            if stalled && helper_busy(region) {
+                // Not stalled, only waiting for a CPU (with a busy task on each of two
+                // CPUs, the helper and the tool share one, in slices of a few ms) or
+                // for a page. Look again in another STALL.
                 stalled = false;
                 progress_at = Instant::now();
             }
@@ -157,7 +157,7 @@ impl RingReader {
                 ChunkEnd::Head
             };
             self.buf.resize(avail as usize, 0);
-            region.pread_ring(at, &mut self.buf)?;
+            region.read_ring(at, &mut self.buf)?;
             let records = &mut self.records;
             let (used, pad) = parse_chunk(
                 &self.buf,
@@ -225,11 +225,18 @@ pub(super) fn alongside() -> bool {
     least.saturating_add(1) <= cpus
 }
 
-/// Is the helper thread runnable (`R`: running, or waiting for a CPU)? The TID is the
+/// Is the helper thread busy: runnable (`R`: running, or waiting for a CPU), or in an
+/// uninterruptible wait (`D`: a page fault waiting for a page being migrated, which
+/// the tool's own huge-page compaction can cause)? Only an `S` (asleep: waiting for
+/// room it has, or done), a `T` (stopped) or a dead helper has stalled. The TID is the
 /// target's word: a wrong one costs at most the follow's time limit.
-fn helper_runnable(region: &Region) -> bool {
+fn helper_busy(region: &Region) -> bool {
     let tid = region.control().helper_tid.load(Acquire);
-    tid != 0 && crate::process::stop::thread_state(region.pid(), tid) == Some('R')
+    tid != 0
+        && matches!(
+            crate::process::stop::thread_state(region.pid(), tid),
+            Some('R' | 'D')
+        )
 }
 
 /// What the helper's header-only records said (abi docs, "Profile helper").
