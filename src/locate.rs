@@ -912,13 +912,25 @@ impl Region {
 
     /// `[offset, offset + len)` lies inside the arena.
     fn check_arena_read(&self, offset: u64, len: usize) -> Result<()> {
-        let end = offset.checked_add(len as u64);
-        if end.is_none_or(|e| e > self.layout.arena_len) {
-            return Err(Error::bad(format!(
-                "arena read [{offset:#x}, +{len:#x}) is outside the {:#x}-byte arena",
-                self.layout.arena_len
-            )));
-        }
+        check_part_read("arena", self.layout.arena_len, offset, len)
+    }
+
+    /// Copy `buf.len()` bytes at `offset` of the region's part (arena, ring) that starts
+    /// at `part_off` and is `part_len` long, after checking they lie inside it.
+    fn copy_part(
+        &self,
+        what: &str,
+        part_off: u64,
+        part_len: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        check_part_read(what, part_len, offset, buf.len())?;
+        let start = (part_off + offset) as usize;
+        // SAFETY: [part_off + offset, + len) lies inside the part (checked above), which
+        // lies inside the mapping (validated layout); `buf` is a distinct local buffer;
+        // u8 has no invalid values.
+        unsafe { volatile_copy(self.base.as_ptr().add(start), buf) };
         Ok(())
     }
 
@@ -927,8 +939,19 @@ impl Region {
     /// fault its pages in (and unmap them at exit) one fault-around block at a time.
     /// Returns the bytes read, fewer only at the end of the file.
     pub fn pread_arena(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        use std::os::unix::fs::FileExt;
         self.check_arena_read(offset, buf.len())?;
-        self.pread(self.layout.arena_off + offset, buf)
+        let at = self.layout.arena_off + offset;
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], at + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+        Ok(done)
     }
 
     /// Length of the profile helper's ring.
@@ -944,35 +967,8 @@ impl Region {
     /// file copy cost 0.17-0.48 s of system time per 1M-task snapshot against
     /// 0.03-0.11 s this way (0.77-0.87 s against 0.45-0.52 s end to end, side by side).
     pub fn read_ring(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let end = offset.checked_add(buf.len() as u64);
-        if end.is_none_or(|e| e > self.layout.ring_len) {
-            return Err(Error::bad(format!(
-                "ring read [{offset:#x}, +{:#x}) is outside the {:#x}-byte ring",
-                buf.len(),
-                self.layout.ring_len
-            )));
-        }
-        let start = (self.layout.ring_off + offset) as usize;
-        // SAFETY: [ring_off + offset, + len) lies inside the mapping (validated layout:
-        // the ring fits the region; and the check above); `buf` is a distinct local
-        // buffer; u8 has no invalid values.
-        unsafe { volatile_copy(self.base.as_ptr().add(start), buf) };
-        Ok(())
-    }
-
-    /// `pread` of the region file at `at` until `buf` is full or the file ends.
-    fn pread(&self, at: u64, buf: &mut [u8]) -> Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let mut done = 0;
-        while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], at + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::Io(e)),
-            }
-        }
-        Ok(done)
+        let (off, len) = (self.layout.ring_off, self.layout.ring_len);
+        self.copy_part("ring", off, len, offset, buf)
     }
 
     /// Copy `buf.len()` arena bytes starting at `offset` (relative to the arena).
@@ -981,13 +977,19 @@ impl Region {
     /// Acquire): those bytes are not written again during the session. Bytes outside
     /// that range may be changing; the copy is then garbage, never unsafe for the tool.
     pub fn read_arena(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.check_arena_read(offset, buf.len())?;
-        let start = (self.layout.arena_off + offset) as usize;
-        // SAFETY: [arena_off + offset, + len) lies inside the mapping (validated layout
-        // and the check above); `buf` is a distinct local buffer; u8 has no invalid values.
-        unsafe { volatile_copy(self.base.as_ptr().add(start), buf) };
-        Ok(())
+        let (off, len) = (self.layout.arena_off, self.layout.arena_len);
+        self.copy_part("arena", off, len, offset, buf)
     }
+}
+
+/// `[offset, offset + len)` lies inside a part of the region (`what`) of `part_len` bytes.
+fn check_part_read(what: &str, part_len: u64, offset: u64, len: usize) -> Result<()> {
+    if offset.checked_add(len as u64).is_none_or(|e| e > part_len) {
+        return Err(Error::bad(format!(
+            "{what} read [{offset:#x}, +{len:#x}) is outside the {part_len:#x}-byte {what}"
+        )));
+    }
+    Ok(())
 }
 
 /// Copy bytes from shared memory that another process may write, without creating a

@@ -365,17 +365,33 @@ impl Session {
         }
     }
 
+    /// Does this snapshot ask the runtime's helper to record, with `live` tasks alive?
+    /// Not when stacks are reused across samples: the helper would copy every task
+    /// again, which the reuse exists to avoid.
+    fn helper_wanted(&self, mode: Mode, live: u64) -> bool {
+        mode == Mode::Concurrent
+            && !self.reuse
+            && match self.helper {
+                HelperUse::Never => false,
+                HelperUse::Auto => live >= HELPER_MIN_TASKS,
+                HelperUse::Always | HelperUse::Alongside | HelperUse::InTurns => true,
+            }
+    }
+
     /// Take one snapshot.
     pub fn snapshot(&mut self, mode: Mode) -> Result<Snapshot> {
         let start = Instant::now();
         let mut stats = SnapshotStats::default();
-        // Before STW 1: right after it the workers it woke are runnable for a moment,
-        // and would count as busy CPUs.
-        let idle_cpus_for_two = mode == Mode::Concurrent
-            && !self.reuse
-            && matches!(self.helper, HelperUse::Auto | HelperUse::Always)
-            && ring::alongside();
         let cb = self.region.control();
+        // How the helper's ring will be read, decided before STW 1: right after it the
+        // workers it woke are runnable for a moment, and would count as busy CPUs. The
+        // CPU count is looked at (~0.4 ms) only if the helper is likely to be asked, by
+        // the target's live count now (a hint: STW 1 decides).
+        let alongside = match self.helper {
+            HelperUse::Alongside => true,
+            HelperUse::InTurns => false,
+            _ => self.helper_wanted(mode, cb.live_tasks.load(Relaxed)) && ring::alongside(),
+        };
         let g = session::generation(cb.session.load(SeqCst)) + 1;
         let slot_cap = self.region.layout().slot_cap;
         // Slots ever used, bounded by the table's size (both read from the target).
@@ -463,26 +479,14 @@ impl Session {
         }
         // A one-shot snapshot asks the runtime's profile helper to record the parked
         // tasks in-process (abi docs, "Profile helper"): a memcpy there instead of a
-        // page-pinning system call here. Not when stacks are reused across samples:
-        // the helper would copy every task again, which the reuse exists to avoid.
-        let helping = mode == Mode::Concurrent
-            && !self.reuse
-            && match self.helper {
-                HelperUse::Never => false,
-                HelperUse::Auto => live_at_stw1 >= HELPER_MIN_TASKS,
-                HelperUse::Always | HelperUse::Alongside | HelperUse::InTurns => true,
-            }
+        // page-pinning system call here.
+        let helping = self.helper_wanted(mode, live_at_stw1)
             && cb.helper_tid.load(Acquire) != 0
             // Idle: it finished the last session it began, so nothing else writes the
             // ring (a helper still busy with an aborted session is left alone).
             && cb.help_done.load(Acquire) == cb.help_ack.load(Acquire);
         let mut ring = None;
         if helping {
-            let alongside = match self.helper {
-                HelperUse::Alongside => true,
-                HelperUse::InTurns => false,
-                _ => idle_cpus_for_two,
-            };
             stats.helper_alongside = Some(alongside);
             ring = Some(ring::RingReader::start(&self.region, g, alongside));
             cb.help_seq.fetch_add(1, Release);
