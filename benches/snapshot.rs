@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench snapshot -- [--tasks 1000,10000,100000] [--reps 5]
-//!     [--variants idle,loaded] [--modes concurrent,stw,go,noise] [--workers 2]
+//!     [--variants idle,loaded] [--modes concurrent,no-helper,unpinned,stw,go,noise] [--workers 2]
 //!     [--depth 8] [--tool PATH] [--target PATH] [--go PATH] [--out DIR]
 //! ```
 //!
@@ -22,6 +22,10 @@
 //!   probe reports its largest gap inside the profile session (from the gap holding
 //!   STW 1 to the one holding STW 2, found through the session word) and over the
 //!   tool's whole life (attach, symbolization and writing included).
+//! * `no-helper`, `unpinned`: `concurrent` without the runtime's helper
+//!   (`GPROF_RS_HELPER=never`), and with the tool and the helper where the kernel puts
+//!   them rather than on a CPU the target does not run on (`GPROF_RS_CPU=any`): what
+//!   each of the two bought.
 //! * `go`: the Go target profiles itself; latency is around `WriteTo` alone, the gap
 //!   covers `WriteTo`.
 //! * `noise`: the Rust target's probe spins with no tool, for as long as the last
@@ -229,8 +233,11 @@ fn steal_ms() -> f64 {
 
 /// The tool as a child process, reaped with wait4 for its rusage.
 /// `no-helper`: concurrent, with the tool copying every task itself
-/// (`GPROF_RS_HELPER=never`), as before the runtime's profile helper.
-fn run_tool(o: &Opts, pid: u32, stw: bool, no_helper: bool) -> Sample {
+/// (`GPROF_RS_HELPER=never`), as before the runtime's profile helper. `unpinned`:
+/// concurrent, with the tool and the helper wherever the kernel puts them
+/// (`GPROF_RS_CPU=any`), as before they kept to a CPU the target does not use.
+fn run_tool(o: &Opts, pid: u32, mode: &str) -> Sample {
+    let stw = mode == "stw";
     let file = o.out.join("snapshot.pb.gz");
     let mut cmd = Command::new(&o.tool);
     cmd.arg("attach")
@@ -241,8 +248,14 @@ fn run_tool(o: &Opts, pid: u32, stw: bool, no_helper: bool) -> Sample {
     if stw {
         cmd.args(["--mode", "stw"]);
     }
-    if no_helper {
-        cmd.env("GPROF_RS_HELPER", "never");
+    match mode {
+        "no-helper" => {
+            cmd.env("GPROF_RS_HELPER", "never");
+        }
+        "unpinned" => {
+            cmd.env("GPROF_RS_TURNS_CPU", "any");
+        }
+        _ => {}
     }
     let t0 = Instant::now();
     // Reaped below with wait4 (for its rusage), not Child::wait.
@@ -404,11 +417,11 @@ fn main() {
                     let mode = &o.modes[(j + rep) % k];
                     let steal_before = steal_ms();
                     let mut s = match mode.as_str() {
-                        "concurrent" | "stw" | "no-helper" => {
+                        "concurrent" | "stw" | "no-helper" | "unpinned" => {
                             rt.cmd("wake");
                             std::thread::sleep(SETTLE);
                             rt.cmd("reset");
-                            let mut s = run_tool(&o, rt.pid, mode == "stw", mode == "no-helper");
+                            let mut s = run_tool(&o, rt.pid, mode);
                             let g = gaps(&rt.cmd("gap?"));
                             (s.life_gap_us, s.gap_us, s.changes) = (g[0], g[1], g[2] * 1e3);
                             rt.cmd("sleep");
@@ -539,7 +552,7 @@ fn report(o: &Opts, all: &BTreeMap<(usize, String, String), Vec<Sample>>, loads:
     println!("| N | variant | mode | probe worst gap in session µs | … over the tool's life µs | STW 1 µs | STW 2 µs | end-to-end ms | tool peak RSS MB | tool peak private (RssAnon) MB | stack bytes copied / task | host steal ms |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for ((n, v, m), s) in all {
-        let tool = m == "concurrent" || m == "stw" || m == "no-helper";
+        let tool = matches!(m.as_str(), "concurrent" | "stw" | "no-helper" | "unpinned");
         let e2e_name = match m.as_str() {
             "go" => " (WriteTo)",
             "noise" => " (window)",
