@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench snapshot -- [--tasks 1000,10000,100000] [--reps 5]
 //!     [--variants idle,loaded] [--modes concurrent,no-helper,unpinned,stw,go,noise] [--workers 2]
-//!     [--depth 8] [--tool PATH] [--target PATH] [--go PATH] [--out DIR]
+//!     [--depth 8] [--tool PATH] [--target PATH] [--go PATH] [--out DIR] [--sched-trace]
 //! ```
 //!
 //! `benches/snapshot-vs-go.sh` builds the three programs and runs this; see BENCHMARKS.md.
@@ -31,8 +31,15 @@
 //! * `noise`: the Rust target's probe spins with no tool, for as long as the last
 //!   concurrent snapshot's session took: the machine's own worst gap over that window.
 //!
+//! `--sched-trace` (root, tracefs) also records the kernel's context switches during
+//! each tool run and noise window, and reports how long the probe was preempted by the
+//! tool or the runtime's helper, and by anything else (`benches/snapshot/sched_trace.rs`).
+//!
 //! Raw samples go to `DIR/raw.tsv` (default `target/snapshot-vs-go`); the tables to
 //! stdout (markdown). No timing is asserted anywhere.
+
+#[path = "snapshot/sched_trace.rs"]
+mod sched_trace;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -52,6 +59,7 @@ struct Opts {
     target: PathBuf,
     go: PathBuf,
     out: PathBuf,
+    sched_trace: bool,
 }
 
 fn parse() -> Opts {
@@ -73,11 +81,16 @@ fn parse() -> Opts {
         target: root.join("target/release/examples/bench_target"),
         go: root.join("target/snapshot-vs-go/go-target"),
         out: root.join("target/snapshot-vs-go"),
+        sched_trace: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--bench" {
             continue; // passed by `cargo bench`
+        }
+        if a == "--sched-trace" {
+            o.sched_trace = true;
+            continue;
         }
         let mut val = || {
             args.next()
@@ -213,6 +226,8 @@ struct Sample {
     anon_kb: f64,
     bytes_copied: f64,
     tasks: f64,
+    /// `--sched-trace`: the probe's time preempted, by whom (Rust target only).
+    lost: Option<sched_trace::Lost>,
     /// CPU time the hypervisor took from this guest's CPUs during the repetition
     /// (`steal` of `/proc/stat`, 10 ms ticks): on a shared VM, multi-ms probe gaps with
     /// both CPUs busy come with it, whatever runs in the guest.
@@ -342,6 +357,16 @@ fn gaps(answer: &str) -> Vec<f64> {
     v
 }
 
+/// `--sched-trace`: start the trace, and name the probe's thread.
+fn traced(o: &Opts, rt: &mut Target) -> Option<u32> {
+    if !o.sched_trace {
+        return None;
+    }
+    let tid = rt.cmd("probe?").parse().expect("probe? answer");
+    sched_trace::start();
+    Some(tid)
+}
+
 /// Let a freshly woken probe settle, then reset it.
 const SETTLE: Duration = Duration::from_millis(30);
 
@@ -359,7 +384,7 @@ fn main() {
     let mut raw = std::fs::File::create(&raw_path).expect("raw.tsv");
     writeln!(
         raw,
-        "tasks\tvariant\tmode\trep\tgap_us\tlife_gap_us\tstw1_us\tstw2_us\te2e_ms\tsnap_ms\trss_kb\tanon_kb\tbytes_copied\trecorded\tsteal_ms"
+        "tasks\tvariant\tmode\trep\tgap_us\tlife_gap_us\tstw1_us\tstw2_us\te2e_ms\tsnap_ms\trss_kb\tanon_kb\tbytes_copied\trecorded\tsteal_ms\tlost_tool_us\tlost_tool_max_us\tlost_others_us\tlost_others_max_us"
     )
     .unwrap();
     let mut all: BTreeMap<(usize, String, String), Vec<Sample>> = BTreeMap::new();
@@ -421,13 +446,16 @@ fn main() {
                             rt.cmd("wake");
                             std::thread::sleep(SETTLE);
                             rt.cmd("reset");
+                            let probe = traced(&o, &mut rt);
                             let mut s = run_tool(&o, rt.pid, mode);
+                            let lost = probe.map(sched_trace::stop);
                             let g = gaps(&rt.cmd("gap?"));
                             (s.life_gap_us, s.gap_us, s.changes) = (g[0], g[1], g[2] * 1e3);
                             rt.cmd("sleep");
                             if mode == "concurrent" {
                                 noise_window = Duration::from_secs_f64(s.snap_ms / 1e3);
                             }
+                            s.lost = lost;
                             s
                         }
                         "go" => {
@@ -450,10 +478,13 @@ fn main() {
                             rt.cmd("wake");
                             std::thread::sleep(SETTLE);
                             rt.cmd("reset");
+                            let probe = traced(&o, &mut rt);
                             std::thread::sleep(noise_window);
+                            let lost = probe.map(sched_trace::stop);
                             let g = gaps(&rt.cmd("gap?"));
                             rt.cmd("sleep");
                             Sample {
+                                lost,
                                 gap_us: g[0],
                                 life_gap_us: g[0],
                                 e2e_ms: noise_window.as_secs_f64() * 1e3,
@@ -478,7 +509,7 @@ fn main() {
                     );
                     writeln!(
                         raw,
-                        "{n}\t{variant}\t{mode}\t{rep}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.3}\t{:.3}\t{:.0}\t{:.0}\t{:.0}\t{:.0}\t{:.0}",
+                        "{n}\t{variant}\t{mode}\t{rep}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.3}\t{:.3}\t{:.0}\t{:.0}\t{:.0}\t{:.0}\t{:.0}\t{}",
                         s.gap_us,
                         s.life_gap_us,
                         s.stw1_us,
@@ -489,7 +520,11 @@ fn main() {
                         s.anon_kb,
                         s.bytes_copied,
                         s.tasks,
-                        s.steal_ms
+                        s.steal_ms,
+                        s.lost.map_or("-\t-\t-\t-".to_string(), |l| format!(
+                            "{:.0}\t{:.0}\t{:.0}\t{:.0}",
+                            l.to_tool_us, l.to_tool_max_us, l.to_others_us, l.to_others_max_us
+                        ))
                     )
                     .unwrap();
                     all.entry((n, variant.clone(), mode.clone()))
@@ -590,6 +625,32 @@ fn report(o: &Opts, all: &BTreeMap<(usize, String, String), Vec<Sample>>, loads:
             },
             mm(s, |x| x.steal_ms),
         );
+    }
+
+    if o.sched_trace {
+        println!("\nWhere the probe's time went (`--sched-trace`: sched_switch events; µs the probe was preempted, median / max over the repetitions):\n");
+        println!("| N | variant | mode | to gprof-rs or its helper, total | … longest once | runs with any | to anything else, total | … longest once |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for ((n, v, m), s) in all {
+            let traced: Vec<sched_trace::Lost> = s.iter().filter_map(|x| x.lost).collect();
+            if traced.is_empty() {
+                continue;
+            }
+            let col = |f: fn(&sched_trace::Lost) -> f64| {
+                let mut v: Vec<f64> = traced.iter().map(f).collect();
+                let max = v.iter().copied().fold(0.0, f64::max);
+                format!("{} / {}", fmt(median(&mut v)), fmt(max))
+            };
+            let any = traced.iter().filter(|l| l.to_tool_us > 0.0).count();
+            println!(
+                "| {n} | {v} | {m} | {} | {} | {any}/{} | {} | {} |",
+                col(|l| l.to_tool_us),
+                col(|l| l.to_tool_max_us),
+                traced.len(),
+                col(|l| l.to_others_us),
+                col(|l| l.to_others_max_us),
+            );
+        }
     }
 
     println!("\nRatios (medians; < 1: gprof-rs better):\n");

@@ -25,6 +25,8 @@
 //!   ns since the last `reset`/`wake`. A session runs from STW 1 to STW 2; the probe
 //!   sees its start and end through the control block's session word, which the tool
 //!   changes only while the world is stopped.
+//! * `probe?`: the kernel thread id of the worker the probe spins on (for the
+//!   benchmark's `--sched-trace`).
 //! * `exit` or end of input: exit.
 //!
 //! The command reader is a plain thread, not a task, so that answering never depends on
@@ -33,7 +35,7 @@
 use gprof_abi::session;
 use std::hint::black_box;
 use std::io::{BufRead, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use target_runtime::{chan, spawn, Builder};
 
@@ -45,6 +47,8 @@ static SESSION_GAP: AtomicU64 = AtomicU64::new(0);
 /// Changes of the session word seen since the last reset (2 per concurrent snapshot,
 /// 1 per `--mode stw` snapshot).
 static SESSION_CHANGES: AtomicU64 = AtomicU64::new(0);
+/// Kernel thread id of the worker the probe spins on (it keeps that worker while awake).
+static PROBE_TID: AtomicU32 = AtomicU32::new(0);
 /// Set by `reset`/`wake`; the probe restarts its clock and clears `MAX_GAP`.
 static RESET: AtomicBool = AtomicBool::new(false);
 /// Whether the probe and busy tasks spin.
@@ -151,6 +155,8 @@ fn probe() {
             target_runtime::sleep(Duration::from_millis(10));
             continue;
         }
+        // SAFETY: gettid has no preconditions.
+        PROBE_TID.store(unsafe { libc::syscall(libc::SYS_gettid) } as u32, Relaxed);
         let mut last = ticks();
         let mut word = cb.session.load(Relaxed);
         MAX_GAP.store(0, Relaxed);
@@ -286,6 +292,7 @@ fn commands() {
                 SESSION_GAP.load(Relaxed),
                 SESSION_CHANGES.load(Relaxed)
             ),
+            "probe?" => PROBE_TID.load(Relaxed).to_string(),
             "exit" => break,
             other => format!("error: unknown command {other:?}"),
         };
