@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench snapshot -- [--tasks 1000,10000,100000] [--reps 5]
-//!     [--variants idle,loaded] [--modes concurrent,no-helper,unpinned,stw,go,noise] [--workers 2]
+//!     [--variants idle,loaded] [--modes concurrent,no-helper,stw,go,noise] [--workers 2]
 //!     [--depth 8] [--tool PATH] [--target PATH] [--go PATH] [--out DIR] [--sched-trace]
 //! ```
 //!
@@ -22,10 +22,8 @@
 //!   probe reports its largest gap inside the profile session (from the gap holding
 //!   STW 1 to the one holding STW 2, found through the session word) and over the
 //!   tool's whole life (attach, symbolization and writing included).
-//! * `no-helper`, `unpinned`: `concurrent` without the runtime's helper
-//!   (`GPROF_RS_HELPER=never`), and with the tool and the helper where the kernel puts
-//!   them rather than on a CPU the target does not run on (`GPROF_RS_CPU=any`): what
-//!   each of the two bought.
+//! * `no-helper`: `concurrent` without the runtime's helper (`GPROF_RS_HELPER=never`):
+//!   what the helper bought.
 //! * `go`: the Go target profiles itself; latency is around `WriteTo` alone, the gap
 //!   covers `WriteTo`.
 //! * `noise`: the Rust target's probe spins with no tool, for as long as the last
@@ -248,9 +246,7 @@ fn steal_ms() -> f64 {
 
 /// The tool as a child process, reaped with wait4 for its rusage.
 /// `no-helper`: concurrent, with the tool copying every task itself
-/// (`GPROF_RS_HELPER=never`), as before the runtime's profile helper. `unpinned`:
-/// concurrent, with the tool and the helper wherever the kernel puts them
-/// (`GPROF_RS_CPU=any`), as before they kept to a CPU the target does not use.
+/// (`GPROF_RS_HELPER=never`), as before the runtime's profile helper.
 fn run_tool(o: &Opts, pid: u32, mode: &str) -> Sample {
     let stw = mode == "stw";
     let file = o.out.join("snapshot.pb.gz");
@@ -442,7 +438,7 @@ fn main() {
                     let mode = &o.modes[(j + rep) % k];
                     let steal_before = steal_ms();
                     let mut s = match mode.as_str() {
-                        "concurrent" | "stw" | "no-helper" | "unpinned" => {
+                        "concurrent" | "stw" | "no-helper" => {
                             rt.cmd("wake");
                             std::thread::sleep(SETTLE);
                             rt.cmd("reset");
@@ -587,7 +583,7 @@ fn report(o: &Opts, all: &BTreeMap<(usize, String, String), Vec<Sample>>, loads:
     println!("| N | variant | mode | probe worst gap in session µs | … over the tool's life µs | STW 1 µs | STW 2 µs | end-to-end ms | tool peak RSS MB | tool peak private (RssAnon) MB | stack bytes copied / task | host steal ms |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for ((n, v, m), s) in all {
-        let tool = matches!(m.as_str(), "concurrent" | "stw" | "no-helper" | "unpinned");
+        let tool = matches!(m.as_str(), "concurrent" | "stw" | "no-helper");
         let e2e_name = match m.as_str() {
             "go" => " (WriteTo)",
             "noise" => " (window)",

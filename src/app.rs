@@ -168,12 +168,9 @@ fn print_stats(s: &Snapshot) {
         "gprof-rs: phases: with the runtime {:.2} ms ({}), walked {:.2} ms ({}), read the rest after STW2 {:.2} ms; {} bytes of runtime records; {} stacks unwound from a remembered walk",
         st.wait_ns as f64 / 1e6,
         match st.helper_alongside {
-            Some(true) => "its helper's records unwound as it wrote them".to_string(),
-            Some(false) => "its helper's records unwound in turns with it".to_string(),
-            None => "waiting for busy tasks to record themselves; no helper".to_string(),
-        } + &match st.tool_cpu {
-            Some(c) => format!(", on CPU {c}"),
-            None => String::new(),
+            Some(true) => "its helper's records unwound as it wrote them",
+            Some(false) => "its helper's records unwound in turns with it",
+            None => "waiting for busy tasks to record themselves; no helper",
         },
         st.walk_ns as f64 / 1e6,
         match st.helper_leftovers {

@@ -160,9 +160,6 @@ pub struct SnapshotStats {
     /// read its ring: `Some(true)` while the helper wrote it (two idle CPUs),
     /// `Some(false)` in turns, `None` without the helper.
     pub helper_alongside: Option<bool>,
-    /// The CPU the tool kept to between the two stops (and the helper too, in turns):
-    /// one free of the target's running threads, if there was one.
-    pub tool_cpu: Option<u32>,
     /// When the helper's pass covered every slot alive at STW 1: how many slots it left
     /// to the tool, which walked only those (`None`: the tool walked the whole table).
     pub helper_leftovers: Option<u64>,

@@ -1,6 +1,5 @@
 //! The target process: its memory maps, its memory, and stopping its threads.
 
-pub mod cpu;
 pub mod maps;
 pub mod memory;
 pub mod priority;

@@ -743,7 +743,7 @@ fn gettid() -> u32 {
 }
 
 /// TIDs in `/proc/PID/task`.
-pub(crate) fn list_threads(pid: u32) -> Result<Vec<u32>> {
+fn list_threads(pid: u32) -> Result<Vec<u32>> {
     let dir =
         std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOENT) | Some(libc::ESRCH) => Error::ProcessExited { pid },

@@ -235,8 +235,6 @@ pub struct Session {
     reuse: bool,
     /// See [`Session::set_runtime_helper`].
     helper: HelperUse,
-    /// Work on a CPU the target does not run on (with the helper, in turns).
-    pin_spare: bool,
     cache: StackCache,
 }
 
@@ -288,8 +286,6 @@ impl Session {
             reuse: false,
             // For benchmarks that compare both ways.
             helper: HelperUse::from_env(),
-            // `GPROF_RS_CPU=any`: leave the tool where the kernel puts it.
-            pin_spare: std::env::var("GPROF_RS_CPU").as_deref() != Ok("any"),
             cache: StackCache::default(),
         })
     }
@@ -391,18 +387,11 @@ impl Session {
         // workers it woke are runnable for a moment, and would count as busy CPUs. The
         // CPU count is looked at (~0.4 ms) only if the helper is likely to be asked, by
         // the target's live count now (a hint: STW 1 decides).
-        let wanted = self.helper_wanted(mode, cb.live_tasks.load(Relaxed));
         let alongside = match self.helper {
             HelperUse::Alongside => true,
             HelperUse::InTurns => false,
-            _ => wanted && ring::alongside(),
+            _ => self.helper_wanted(mode, cb.live_tasks.load(Relaxed)) && ring::alongside(),
         };
-        // Unless the helper works alongside on a CPU of its own, the tool (and the
-        // helper, in turns with it) keeps to a CPU none of the target's threads runs
-        // on (process::cpu), from now to the end of the snapshot.
-        let mut spare = (self.pin_spare && mode == Mode::Concurrent && !alongside)
-            .then(|| crate::process::cpu::SpareCpu::take(self.region.pid()));
-        stats.tool_cpu = spare.as_ref().and_then(|s| s.cpu());
         let g = session::generation(cb.session.load(SeqCst)) + 1;
         let slot_cap = self.region.layout().slot_cap;
         // Slots ever used, bounded by the table's size (both read from the target).
@@ -500,8 +489,6 @@ impl Session {
         if helping {
             stats.helper_alongside = Some(alongside);
             ring = Some(ring::RingReader::start(&self.region, g, alongside));
-            let cpu = stats.tool_cpu.map_or(0, |c| c.saturating_add(1));
-            cb.help_cpu.store(cpu, Relaxed);
             cb.help_seq.fetch_add(1, Release);
             wake_helper(&cb.help_seq);
             failpoint("helper-woken");
@@ -516,14 +503,6 @@ impl Session {
             hwm() as usize,
             cache,
         );
-        // Records go to `fin`; each one lets the tool look again, now and then, whether
-        // its CPU is still free of the target's threads (and tell the helper if it
-        // moves).
-        let mut kept = KeptOnSpare {
-            fin: &mut fin,
-            spare: spare.as_mut(),
-            help_cpu: ring.is_some().then_some(&cb.help_cpu),
-        };
         if mode == Mode::Concurrent {
             // ---- concurrent walk ----
             let t_wait = Instant::now();
@@ -536,7 +515,7 @@ impl Session {
                     HELPER_START_WAIT,
                     MAX_HELPER_WAIT,
                     &interrupted,
-                    &mut |c| Sink::add(&mut kept, c),
+                    &mut |c| fin.add(c),
                 )?;
             } else if !self.walk_delay.is_zero() {
                 // While the runtime keeps recording tasks, or until it has recorded
@@ -571,7 +550,7 @@ impl Session {
             let t_walk = Instant::now();
             let mut skipped = Vec::new();
             for c in std::mem::take(&mut copies) {
-                kept.fin.add(c);
+                fin.add(c);
             }
             // A helper that visited every slot alive at STW 1 named the ones it left
             // (abi docs, "Profile helper"): only those are walked, and the tool never
@@ -592,7 +571,7 @@ impl Session {
                     None => Box::new(0..hwm()),
                 },
                 RecordedBy::Tool,
-                &mut kept,
+                &mut fin,
                 &mut skipped,
                 &mut stats,
             )?;
@@ -626,7 +605,7 @@ impl Session {
                     g,
                     again.into_iter(),
                     RecordedBy::Tool,
-                    &mut kept,
+                    &mut fin,
                     &mut still_unborn,
                     &mut stats,
                 )?;
@@ -673,15 +652,13 @@ impl Session {
                     e
                 }
             };
-            stats.recorded_runtime = read_arena(&self.region, g, used, settled, &mut |c| {
-                Sink::add(&mut kept, c)
-            })
-            .map_err(died)?;
+            stats.recorded_runtime =
+                read_arena(&self.region, g, used, settled, &mut |c| fin.add(c)).map_err(died)?;
             stats.runtime_bytes = used;
             if let Some(ring) = ring.as_mut() {
                 // What the helper wrote after we stopped following it: every record of a
                 // task it released is below the head (abi docs).
-                ring.consume(&self.region, &mut |c| Sink::add(&mut kept, c))
+                ring.consume(&self.region, &mut |c| fin.add(c))
                     .map_err(died)?;
                 stats.recorded_runtime += ring.records;
                 stats.runtime_bytes += ring.bytes;
@@ -1261,35 +1238,6 @@ trait Sink {
     fn knows(&self, index: u32, id: u64, resumes: u64) -> bool;
     /// Record the task from that stack.
     fn add_known(&mut self, index: u32, slot: SlotCopy);
-}
-
-/// A [`Finisher`] that, as records arrive, lets the tool look again now and then at
-/// whether its CPU is still free of the target's threads ([`SpareCpu::tick`]) and, if
-/// it moved, names the new CPU to the helper (`help_cpu`).
-struct KeptOnSpare<'f, 'a> {
-    fin: &'f mut Finisher<'a>,
-    spare: Option<&'f mut crate::process::cpu::SpareCpu>,
-    /// `Some` when the helper records this session.
-    help_cpu: Option<&'f std::sync::atomic::AtomicU32>,
-}
-
-impl Sink for KeptOnSpare<'_, '_> {
-    fn add(&mut self, c: Copy<&[u8]>) {
-        self.fin.add(c);
-        if let Some(spare) = self.spare.as_mut() {
-            if spare.tick() {
-                if let Some(word) = self.help_cpu {
-                    word.store(spare.cpu().map_or(0, |c| c.saturating_add(1)), Relaxed);
-                }
-            }
-        }
-    }
-    fn knows(&self, index: u32, id: u64, resumes: u64) -> bool {
-        Sink::knows(&*self.fin, index, id, resumes)
-    }
-    fn add_known(&mut self, index: u32, slot: SlotCopy) {
-        Sink::add_known(&mut *self.fin, index, slot);
-    }
 }
 
 /// `--mode stw`: the copies are kept until the world resumes, and nothing is reused.

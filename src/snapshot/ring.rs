@@ -205,8 +205,7 @@ impl RingReader {
 /// two busy CPUs is a scheduler slice (3-4 ms here) taken from whichever running
 /// thread the kernel preempts for it, and that is the pause the benchmark's probe
 /// measures (4.7 ms median at 1M idle tasks alongside, against 0.15 ms in turns, in
-/// one side-by-side run; BENCHMARKS.md), and the turns keep to a CPU no thread of
-/// the target runs on (`process::cpu`). `nr_running` is the kernel's count of
+/// one side-by-side run; BENCHMARKS.md). `nr_running` is the kernel's count of
 /// runnable threads (`/proc/loadavg`, proc(5)), the tool included.
 /// The count is an instant's: the least of three looks 200 µs apart, so that a thread
 /// that runs for a moment (a kernel worker, a timer) does not decide it.

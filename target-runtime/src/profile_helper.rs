@@ -102,69 +102,11 @@ fn help(region: &Region) {
     }
     let g = session::generation(s);
     cb.help_ack.store(g, Release);
-    let mut pin = CpuPin::default();
-    record_all(region, cb, s, &mut pin);
+    record_all(region, cb, s);
     cb.help_done.store(g, Release);
 }
 
-/// The helper kept on the CPU the profiler names in `help_cpu` (CPU + 1; abi docs,
-/// "Profile helper") while it records a session, and given its own CPU set back
-/// afterwards: a profiler that takes turns with the helper works on that CPU too, one
-/// the program's threads do not run on, and the two then never preempt a worker on
-/// another one. The profiler may name another CPU, or none, as the workers move;
-/// [`CpuPin::follow`] is called between records. The value is the profiler's word:
-/// anything the kernel refuses (no such CPU, outside our cpuset) leaves the helper
-/// where it was.
-#[derive(Default)]
-struct CpuPin {
-    /// The `help_cpu` value in force.
-    asked: u32,
-    /// Our CPU set before the first pin.
-    saved: Option<libc::cpu_set_t>,
-}
-
-impl CpuPin {
-    fn follow(&mut self, asked: u32) {
-        if asked == self.asked {
-            return;
-        }
-        self.asked = asked;
-        let size = size_of::<libc::cpu_set_t>();
-        if self.saved.is_none() {
-            // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
-            let mut saved: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-            // SAFETY: the calling thread's (0) affinity into a set of `size` bytes.
-            if unsafe { libc::sched_getaffinity(0, size, &mut saved) } != 0 {
-                return;
-            }
-            self.saved = Some(saved);
-        }
-        let target = match asked.checked_sub(1) {
-            Some(cpu) if (cpu as usize) < libc::CPU_SETSIZE as usize => {
-                // SAFETY: as above.
-                let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-                // SAFETY: writes bit `cpu` < CPU_SETSIZE of `one`.
-                unsafe { libc::CPU_SET(cpu as usize, &mut one) };
-                one
-            }
-            _ => self.saved.expect("saved above"),
-        };
-        // SAFETY: the calling thread's (0) affinity from a set of `size` bytes. A
-        // refusal leaves it as it was.
-        unsafe { libc::sched_setaffinity(0, size, &target) };
-    }
-}
-
-impl Drop for CpuPin {
-    fn drop(&mut self) {
-        if let Some(saved) = self.saved.take() {
-            // SAFETY: restores the calling thread's own affinity from a set it read.
-            unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &saved) };
-        }
-    }
-}
-
-fn record_all(region: &Region, cb: &ControlBlock, s: u64, pin: &mut CpuPin) {
+fn record_all(region: &Region, cb: &ControlBlock, s: u64) {
     let g = session::generation(s);
     let in_progress = prof::pack(g, prof::IN_PROGRESS);
     let satisfied = prof::pack(g, prof::SATISFIED);
@@ -172,11 +114,8 @@ fn record_all(region: &Region, cb: &ControlBlock, s: u64, pin: &mut CpuPin) {
     let hwm = cb.slot_hwm.load(Acquire).min(u64::from(region::SLOT_CAP)) as u32;
     let mut i = 0;
     while i < hwm {
-        if i % SESSION_CHECK_EVERY == 0 {
-            if cb.session.load(Acquire) != s {
-                return;
-            }
-            pin.follow(cb.help_cpu.load(Acquire));
+        if i % SESSION_CHECK_EVERY == 0 && cb.session.load(Acquire) != s {
+            return;
         }
         let slot = region.slot(i);
         let p = match slot.try_hold(g) {
@@ -217,7 +156,6 @@ fn record_all(region: &Region, cb: &ControlBlock, s: u64, pin: &mut CpuPin) {
             if !ring.wait_for_room(cb, s, shape.need) {
                 return;
             }
-            pin.follow(cb.help_cpu.load(Acquire));
             continue;
         };
         // SAFETY: `reserve` handed us [dst, dst + need) inside the ring, which the

@@ -92,42 +92,6 @@ fn records_through_a_ring_smaller_than_the_snapshot_are_all_there() {
     assert!(t.finish().success());
 }
 
-/// In turns, the tool takes a CPU no worker runs on (these workers are all idle) and
-/// the helper keeps to it for the session; the helper's own CPU set and the tool's are
-/// as they were once the snapshot returns, so the target is left as it was.
-#[test]
-fn in_turns_the_helper_works_on_the_tools_cpu_and_gets_its_cpus_back() {
-    let mut t = Target::start("fixture", &["--workers", "2", "--recv", "1500"]);
-    let helper = crate::lease::helper_tid(t.pid);
-    let before = crate::lease::cpus_allowed(t.pid, helper);
-    let two_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
-    for _ in 0..3 {
-        let mut session = Session::attach(t.pid).unwrap();
-        session.set_runtime_helper(HelperUse::InTurns);
-        let a = session.snapshot(Mode::Concurrent).unwrap();
-        drop(session);
-        assert_eq!(a.tasks.len(), 1501);
-        assert!(a.stats.recorded_runtime >= 900, "{:?}", a.stats);
-        assert_eq!(a.stats.helper_alongside, Some(false));
-        if two_cpus {
-            assert!(a.stats.tool_cpu.is_some(), "{:?}", a.stats);
-        }
-        // Neither the helper nor the tool's thread is left pinned.
-        assert_eq!(crate::lease::cpus_allowed(t.pid, helper), before);
-        assert_eq!(
-            crate::lease::cpus_allowed(std::process::id(), gettid()),
-            crate::lease::cpus_allowed(std::process::id(), std::process::id())
-        );
-    }
-    t.send("exit");
-    assert!(t.finish().success());
-}
-
-fn gettid() -> u32 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
-}
-
 /// Bytes the kernel holds for the target's shared region (the memfd), from its
 /// `/proc/PID/fd` link.
 fn region_bytes(pid: u32) -> u64 {

@@ -114,12 +114,6 @@
 //! sleeps and 0 when it goes on. A profiler may consume while the helper writes (both
 //! run at once: two CPUs) or only while `ring_waiting` is 1 and then the whole ring
 //! (they take turns: one CPU, when the machine has no other idle one to give). A
-//! profiler that takes turns may name that CPU in `help_cpu` (v7, CPU + 1) before it
-//! wakes the helper, and name another (or 0: none) during the session as the
-//! program's threads move: the helper keeps to the CPU named, looking at the word
-//! between records and after each wait for room, and goes back to its own CPU set
-//! when the session ends, so that neither of the two preempts a thread of the program
-//! on another CPU. A CPU the kernel refuses is ignored. A
 //! profiler that stops consuming early (a
 //! helper that stalled) walks the slots itself, and after STW 2, once no task is held,
 //! reads whatever lies between `ring_tail` and `ring_head`.
@@ -155,7 +149,7 @@ pub const DESCRIPTOR_SYMBOL: &str = "GPROF_RT_DESCRIPTOR";
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GPROFRT1");
 
 /// Version of everything in this crate. Bumped on any change of layout or protocol.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 6;
 
 /// Bytes reserved for the [`ControlBlock`] at offset 0 of the region.
 pub const CONTROL_SIZE: u64 = 4096;
@@ -314,14 +308,8 @@ pub struct ControlBlock {
     /// otherwise. A profiler that does not want to run beside the helper reads the ring
     /// only then.
     pub ring_waiting: AtomicU32,
-    /// CPU the helper is to run on during this session, plus one; 0 for wherever the
-    /// kernel puts it (v7). Written by the profiler before it adds 1 to `help_seq`, and
-    /// again when it moves.
-    pub help_cpu: AtomicU32,
-    /// Reserved, 0.
-    pub _reserved: u32,
 }
-const _: () = assert!(size_of::<ControlBlock>() == 264);
+const _: () = assert!(size_of::<ControlBlock>() == 256);
 const _: () = assert!(size_of::<ControlBlock>() as u64 <= CONTROL_SIZE);
 
 /// One record per worker thread.
