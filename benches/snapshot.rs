@@ -14,7 +14,8 @@
 //! and a probe that spins on the clock and keeps the largest gap it sees; `--loaded`
 //! adds busy tasks so that every worker is busy. Only one target spins at a time (the
 //! other's probe sleeps), and the modes run interleaved, in an order that rotates per
-//! repetition, so that the noise of a shared machine falls on all of them alike:
+//! repetition and runs backwards every other one, so that the noise of a shared machine
+//! falls on all of them alike and no mode always follows the same one:
 //!
 //! * `concurrent`, `stw`: the release `gprof-rs attach PID --stats -o FILE [--mode stw]`
 //!   as a child process. STW 1 / STW 2 / bytes copied come from `--stats`; end-to-end is
@@ -259,14 +260,8 @@ fn run_tool(o: &Opts, pid: u32, mode: &str) -> Sample {
     if stw {
         cmd.args(["--mode", "stw"]);
     }
-    match mode {
-        "no-helper" => {
-            cmd.env("GPROF_RS_HELPER", "never");
-        }
-        "unpinned" => {
-            cmd.env("GPROF_RS_TURNS_CPU", "any");
-        }
-        _ => {}
+    if mode == "no-helper" {
+        cmd.env("GPROF_RS_HELPER", "never");
     }
     let t0 = Instant::now();
     // Reaped below with wait4 (for its rusage), not Child::wait.
@@ -435,6 +430,12 @@ fn main() {
             for rep in 0..o.reps {
                 let k = o.modes.len();
                 for j in 0..k {
+                    // Rotated, and backwards every other repetition, so that no mode
+                    // always runs right after the same one: with rotation alone, the
+                    // tool's first run after Go's 1M-goroutine profile (and the noise
+                    // window) was always `concurrent`, and two modes running the same
+                    // code measured 1070 and 601 ms at 1M (BENCHMARKS.md, session 5).
+                    let j = if rep % 2 == 1 { k - 1 - j } else { j };
                     let mode = &o.modes[(j + rep) % k];
                     let steal_before = steal_ms();
                     let mut s = match mode.as_str() {
