@@ -79,7 +79,7 @@ pub struct TaskRecord {
     /// life, and no two live tasks share one.
     pub slot: u32,
     /// Optional name given at spawn.
-    pub name: Option<String>,
+    pub name: Option<Box<str>>,
     /// `gprof_abi::TaskState` value.
     pub state: u32,
     /// `gprof_abi::WaitReason` value.
@@ -88,10 +88,10 @@ pub struct TaskRecord {
     pub wait_ns: u64,
     /// Parent task id (0 for a root task).
     pub parent_id: u64,
-    /// Spawn site.
-    pub spawn: SpawnSite,
+    /// Spawn site, shared by the tasks spawned at one site.
+    pub spawn: std::sync::Arc<SpawnSite>,
     /// Labels, in the order the runtime stored them.
-    pub labels: Vec<(String, String)>,
+    pub labels: Box<[(String, String)]>,
     /// Runtime-internal task.
     pub system: bool,
     /// Interned stack.
@@ -99,6 +99,12 @@ pub struct TaskRecord {
     /// How the stack was recorded.
     pub recorded_by: RecordedBy,
 }
+
+// A snapshot holds one per task: at a million tasks each byte here is a megabyte of
+// fresh memory the tool faults in (and on a VM that hands freed memory back to its
+// host, ~3 ms of system time per MB; BENCHMARKS.md, session 5). Rare or shared parts
+// live behind pointers.
+const _: () = assert!(std::mem::size_of::<TaskRecord>() <= 88);
 
 /// One executable mapping of the target, for symbolization and pprof `Mapping`s.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -290,7 +290,7 @@ mod tests {
             wait_reason: reason,
             wait_ns: 0,
             parent_id: 0,
-            spawn: SpawnSite::default(),
+            spawn: SpawnSite::default().into(),
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -1323,6 +1323,8 @@ struct Finisher<'a> {
     stacks: StackTable,
     tasks: Vec<TaskRecord>,
     files: FxHashMap<(u64, u32), Option<Arc<str>>>,
+    /// Spawn sites by (file address, file length, line, pc).
+    spawns: FxHashMap<(u64, u32, u32, u64), Arc<SpawnSite>>,
     /// Frames of the task being finished.
     addrs: Vec<u64>,
     /// Interned stacks by [`stack_hash`]; a hit is compared frame by frame.
@@ -1346,6 +1348,7 @@ impl<'a> Finisher<'a> {
             // A hint read from the target: a capacity, never trusted beyond it.
             tasks: huge_vec(tasks_hint.min(1 << 22)),
             files: FxHashMap::default(),
+            spawns: FxHashMap::default(),
             addrs: Vec::with_capacity(64),
             seen: HashMap::default(),
         }
@@ -1390,21 +1393,30 @@ impl<'a> Finisher<'a> {
         } else {
             0
         };
-        let file = spawn_file(self.mem, &mut self.files, s.file_addr, s.file_len);
+        // Thousands of tasks share a spawn site: one allocation each.
+        let site = (s.file_addr, s.file_len, s.line, s.spawn_pc);
+        let spawn = match self.spawns.get(&site) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared = Arc::new(SpawnSite {
+                    file: spawn_file(self.mem, &mut self.files, s.file_addr, s.file_len),
+                    line: s.line,
+                    pc: s.spawn_pc,
+                });
+                self.spawns.insert(site, shared.clone());
+                shared
+            }
+        };
         self.tasks.push(TaskRecord {
             id: s.id,
             slot: index,
-            name: s.name,
+            name: s.name.map(String::into_boxed_str),
             state: s.state,
             wait_reason: s.wait_reason,
             wait_ns,
             parent_id: s.parent_id,
-            spawn: SpawnSite {
-                file,
-                line: s.line,
-                pc: s.spawn_pc,
-            },
-            labels: s.labels,
+            spawn,
+            labels: s.labels.into_boxed_slice(),
             system: s.flags & TaskSlot::FLAG_SYSTEM != 0,
             stack,
             recorded_by: by,

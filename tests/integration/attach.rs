@@ -114,7 +114,7 @@ fn check_fixture_snapshot(mode: Mode) {
         );
         if g == "labeled" {
             assert_eq!(
-                task.labels,
+                task.labels.to_vec(),
                 vec![
                     ("group".into(), "labeled".into()),
                     ("tier".into(), "gold".into())

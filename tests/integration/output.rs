@@ -62,7 +62,7 @@ fn task(id: u64, stack: u32, labels: &[(&str, &str)]) -> TaskRecord {
         wait_reason: gprof_abi::WaitReason::CHAN_RECV,
         wait_ns: 0,
         parent_id: 1,
-        spawn: SpawnSite::default(),
+        spawn: SpawnSite::default().into(),
         labels: labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -458,11 +458,11 @@ fn synthetic() -> (Snapshot, Symbolizer) {
         addrs: vec![0x7f0000001234, 0x404100],
         incomplete: true,
     });
-    let spawn = SpawnSite {
+    let spawn = std::sync::Arc::new(SpawnSite {
         file: Some("/app/src/main.rs".into()),
         line: 20,
         pc: 0x405020,
-    };
+    });
     let t =
         |id: u64, stack: u32, state: u32, reason: u32, wait_ns: u64, labels: &[(&str, &str)]| {
             TaskRecord {
@@ -486,7 +486,7 @@ fn synthetic() -> (Snapshot, Symbolizer) {
     use gprof_abi::{TaskState as S, WaitReason as W};
     let mut root = t(1, a, S::RUNNING, W::NONE, 0, &[]);
     root.parent_id = 0;
-    root.spawn = SpawnSite::default();
+    root.spawn = SpawnSite::default().into();
     root.name = Some("main".into());
     let mut named = t(
         2,
