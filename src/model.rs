@@ -78,8 +78,6 @@ pub struct TaskRecord {
     /// Index of the task's slot in the target's task table: a task keeps its slot for
     /// life, and no two live tasks share one.
     pub slot: u32,
-    /// Optional name given at spawn.
-    pub name: Option<Box<str>>,
     /// `gprof_abi::TaskState` value.
     pub state: u32,
     /// `gprof_abi::WaitReason` value.
@@ -90,8 +88,8 @@ pub struct TaskRecord {
     pub parent_id: u64,
     /// Spawn site, shared by the tasks spawned at one site.
     pub spawn: std::sync::Arc<SpawnSite>,
-    /// Labels, in the order the runtime stored them.
-    pub labels: Box<[(String, String)]>,
+    /// Name and labels, which most tasks have not: `None` for neither.
+    pub extra: Option<Box<TaskExtra>>,
     /// Runtime-internal task.
     pub system: bool,
     /// Interned stack.
@@ -104,7 +102,40 @@ pub struct TaskRecord {
 // fresh memory the tool faults in (and on a VM that hands freed memory back to its
 // host, ~3 ms of system time per MB; BENCHMARKS.md, session 5). Rare or shared parts
 // live behind pointers.
-const _: () = assert!(std::mem::size_of::<TaskRecord>() <= 88);
+const _: () = assert!(std::mem::size_of::<TaskRecord>() <= 64);
+
+/// What only some tasks carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskExtra {
+    /// Optional name given at spawn.
+    pub name: Option<Box<str>>,
+    /// Labels, in the order the runtime stored them.
+    pub labels: Box<[(String, String)]>,
+}
+
+impl TaskExtra {
+    /// `None` for a task with neither a name nor labels.
+    pub fn new(name: Option<Box<str>>, labels: Box<[(String, String)]>) -> Option<Box<Self>> {
+        (name.is_some() || !labels.is_empty()).then(|| Box::new(TaskExtra { name, labels }))
+    }
+}
+
+impl TaskRecord {
+    /// The name given at spawn, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.extra.as_ref()?.name.as_deref()
+    }
+
+    /// Labels, in the order the runtime stored them.
+    pub fn labels(&self) -> &[(String, String)] {
+        self.extra.as_ref().map_or(&[], |e| &e.labels)
+    }
+
+    /// Name the task (tests and builders).
+    pub fn set_name(&mut self, name: &str) {
+        self.extra.get_or_insert_with(Box::default).name = Some(name.into());
+    }
+}
 
 /// One executable mapping of the target, for symbolization and pprof `Mapping`s.
 #[derive(Debug, Clone, PartialEq, Eq)]

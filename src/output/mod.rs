@@ -64,7 +64,7 @@ pub fn write_to(
 /// A task's labels as sorted borrowed pairs, the key its group is found by.
 pub(crate) fn label_set(t: &crate::model::TaskRecord) -> LabelSet<'_> {
     let mut labels: LabelSet<'_> = t
-        .labels
+        .labels()
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();

@@ -188,7 +188,7 @@ pub fn write_tasks(snapshot: &Snapshot, sym: &mut Symbolizer, mut w: impl Write)
     let sym: &Symbolizer = sym;
     for t in &snapshot.tasks {
         write!(w, "task {}", t.id)?;
-        if let Some(name) = &t.name {
+        if let Some(name) = t.name() {
             write!(w, " ({})", go_quote(name))?;
         }
         writeln!(w, " [{}]:", task_status(t))?;

@@ -157,7 +157,7 @@ impl Recording {
                 }
                 id
             });
-            let set = if t.labels.is_empty() {
+            let set = if t.labels().is_empty() {
                 match self.state_sets.get(&(t.state, t.wait_reason)) {
                     Some(&id) => id,
                     None => {
@@ -167,7 +167,7 @@ impl Recording {
                     }
                 }
             } else {
-                self.label_set(t.state, t.wait_reason, &t.labels)
+                self.label_set(t.state, t.wait_reason, t.labels())
             };
             let c = self.counts.entry((stack, set)).or_default();
             c.samples += 1;
@@ -285,16 +285,18 @@ mod tests {
         TaskRecord {
             id,
             slot: id as u32,
-            name: None,
             state,
             wait_reason: reason,
             wait_ns: 0,
             parent_id: 0,
             spawn: SpawnSite::default().into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            extra: crate::model::TaskExtra::new(
+                None,
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             system: false,
             stack,
             recorded_by: RecordedBy::Tool,

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::locate::{copy_labels, copy_name, Region};
 use crate::model::{
     ModuleInfo, RecordedBy, Snapshot, SnapshotStats, SpawnSite, Stack, StackId, StackTable,
-    TaskRecord,
+    TaskExtra, TaskRecord,
 };
 use crate::process::memory::{pod_from_bytes, LiveMemory, RemoteMemory};
 use crate::process::priority::RealtimeGuard;
@@ -1410,13 +1410,15 @@ impl<'a> Finisher<'a> {
         self.tasks.push(TaskRecord {
             id: s.id,
             slot: index,
-            name: s.name.map(String::into_boxed_str),
             state: s.state,
             wait_reason: s.wait_reason,
             wait_ns,
             parent_id: s.parent_id,
             spawn,
-            labels: s.labels.into_boxed_slice(),
+            extra: TaskExtra::new(
+                s.name.map(String::into_boxed_str),
+                s.labels.into_boxed_slice(),
+            ),
             system: s.flags & TaskSlot::FLAG_SYSTEM != 0,
             stack,
             recorded_by: by,

@@ -114,7 +114,7 @@ fn check_fixture_snapshot(mode: Mode) {
         );
         if g == "labeled" {
             assert_eq!(
-                task.labels.to_vec(),
+                task.labels().to_vec(),
                 vec![
                     ("group".into(), "labeled".into()),
                     ("tier".into(), "gold".into())
@@ -122,10 +122,10 @@ fn check_fixture_snapshot(mode: Mode) {
             );
         } else if g != "main" {
             assert!(
-                task.labels.is_empty(),
+                task.labels().is_empty(),
                 "task {} ({g}) has labels {:?}",
                 task.id,
-                task.labels
+                task.labels()
             );
         }
         if g == "busy" {

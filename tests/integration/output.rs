@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gprof_rs::model::{ModuleInfo, RecordedBy, Snapshot, SpawnSite, Stack, TaskRecord};
+use gprof_rs::model::{ModuleInfo, RecordedBy, Snapshot, SpawnSite, Stack, TaskExtra, TaskRecord};
 use gprof_rs::output::pprof_proto::Profile;
 use gprof_rs::output::{build_profile, write_pprof, write_tasks, write_text};
 use gprof_rs::symbolize::{SymFrame, Symbolizer};
@@ -57,16 +57,18 @@ fn task(id: u64, stack: u32, labels: &[(&str, &str)]) -> TaskRecord {
     TaskRecord {
         id,
         slot: id as u32,
-        name: None,
         state: gprof_abi::TaskState::WAITING,
         wait_reason: gprof_abi::WaitReason::CHAN_RECV,
         wait_ns: 0,
         parent_id: 1,
         spawn: SpawnSite::default().into(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        extra: TaskExtra::new(
+            None,
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
         system: false,
         stack,
         recorded_by: RecordedBy::Tool,
@@ -339,7 +341,7 @@ fn text_formats_with_real_symbols() {
     assert!(text.contains("out_leaf_wait+0x0\t"), "{text}");
     assert!(text.contains("output.rs:"), "{text}");
 
-    snapshot.tasks[0].name = Some("first".into());
+    snapshot.tasks[0].set_name("first");
     snapshot.tasks[0].wait_ns = 125 * 1_000_000_000;
     let mut out = Vec::new();
     write_tasks(&snapshot, &mut sym, &mut out).unwrap();
@@ -468,16 +470,18 @@ fn synthetic() -> (Snapshot, Symbolizer) {
             TaskRecord {
                 id,
                 slot: id as u32,
-                name: None,
                 state,
                 wait_reason: reason,
                 wait_ns,
                 parent_id: 1,
                 spawn: spawn.clone(),
-                labels: labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+                extra: TaskExtra::new(
+                    None,
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
                 system: false,
                 stack,
                 recorded_by: RecordedBy::Tool,
@@ -487,7 +491,7 @@ fn synthetic() -> (Snapshot, Symbolizer) {
     let mut root = t(1, a, S::RUNNING, W::NONE, 0, &[]);
     root.parent_id = 0;
     root.spawn = SpawnSite::default().into();
-    root.name = Some("main".into());
+    root.set_name("main");
     let mut named = t(
         2,
         a,
@@ -496,7 +500,7 @@ fn synthetic() -> (Snapshot, Symbolizer) {
         3 * 60_000_000_000 + 5,
         &[("shard", "7"), ("job", "ingest \"q\"")],
     );
-    named.name = Some("worker-2".into());
+    named.set_name("worker-2");
     snapshot.tasks = vec![
         root,
         named,

@@ -891,8 +891,7 @@ fn hostile_task_stacks_are_flagged_in_bounded_time_and_memory() {
         }
         let t11 = &snap.tasks[10];
         assert!(t11
-            .name
-            .as_ref()
+            .name()
             .is_some_and(|n| n.len() <= 4 * gprof_abi::NAME_CAP));
         assert_eq!(
             t11.spawn.file, None,
