@@ -126,6 +126,26 @@ fn wake_helper(word: &std::sync::atomic::AtomicU32) {
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1) };
 }
 
+/// Sleep on `word` while it is `val`, at most `timeout` (a wake, a changed value, a
+/// signal or the timeout all return: the caller looks again).
+fn wait_on_word(word: &std::sync::atomic::AtomicU32, val: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: as in wake_helper: an aligned u32 of our shared mapping, which outlives
+    // the call; `ts` outlives it too. Not FUTEX_PRIVATE: the waker is the target.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            val,
+            &ts as *const libc::timespec,
+        )
+    };
+}
+
 /// How long one stop may take before the threads that did not stop are given up on.
 const STOP_DEADLINE: Duration = Duration::from_secs(2);
 /// Longest wait for a spawner to finish publishing a slot (it is running, not stopped).

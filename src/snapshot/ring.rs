@@ -22,8 +22,12 @@ const WINDOW: u64 = 1 << 20;
 const _: () = assert!(WINDOW >= ArenaRecord::MAX_FOOTPRINT);
 /// Bytes of a record header.
 const HEADER: u64 = size_of::<ArenaRecord>() as u64;
-/// Sleep between two looks at an empty ring while the helper works.
+/// Sleep between two looks at an empty ring while the helper works alongside.
 const POLL: Duration = Duration::from_micros(100);
+/// In turns, the longest sleep on `ring_waiting` (the helper wakes it when it waits for
+/// room or is done; this bounds a wake lost to a race at the end, and lets the stall
+/// check run).
+const TURN_WAIT: Duration = Duration::from_millis(1);
 /// A helper that has started and then adds nothing to the ring for this long, and is
 /// not waiting for a CPU, is stalled (stopped, asleep, or done without saying so): the
 /// tool walks the table itself.
@@ -85,6 +89,7 @@ impl RingReader {
         let mut last_head = self.tail;
         loop {
             cb.heartbeat.fetch_add(1, Relaxed);
+            let waiting = cb.ring_waiting.load(Acquire);
             // Before the read: a helper that said it is done had published every record.
             let done = cb.help_done.load(Acquire) == self.g;
             let head = cb.ring_head.load(Acquire);
@@ -93,7 +98,7 @@ impl RingReader {
                 progress_at = Instant::now();
             }
             // In turns, the ring is read once the helper waits for room (or is done).
-            let turn = self.alongside || done || cb.ring_waiting.load(Acquire) == 1;
+            let turn = self.alongside || done || waiting == 1;
             if turn && self.consume(region, sink)? > 0 {
                 progress_at = Instant::now();
                 continue;
@@ -119,7 +124,15 @@ impl RingReader {
             if stalled || flooding || start.elapsed() >= limit || interrupted() {
                 return Ok(());
             }
-            std::thread::sleep(POLL);
+            if self.alongside {
+                std::thread::sleep(POLL);
+            } else {
+                // In turns: asleep until the helper hands over (or, after we gave the
+                // ring back, takes it again), instead of waking every POLL, which on a
+                // 2-CPU machine preempted whichever thread ran on the CPU we woke on,
+                // ten thousand times a second.
+                super::wait_on_word(&cb.ring_waiting, waiting, TURN_WAIT);
+            }
         }
     }
 

@@ -104,6 +104,8 @@ fn help(region: &Region) {
     cb.help_ack.store(g, Release);
     record_all(region, cb, s);
     cb.help_done.store(g, Release);
+    // Its last turn: a profiler asleep on the word wakes to read the rest.
+    futex_wake(&cb.ring_waiting);
 }
 
 fn record_all(region: &Region, cb: &ControlBlock, s: u64) {
@@ -270,9 +272,13 @@ impl Ring {
     /// ended first, or its profiler is gone (then the session is aborted, as a worker
     /// waiting on a held task would).
     fn wait_for_room(&self, cb: &ControlBlock, s: u64, need: u64) -> bool {
+        // A profiler in turns with us sleeps on this word until it changes: its turn
+        // now, ours again below.
         cb.ring_waiting.store(1, Release);
+        futex_wake(&cb.ring_waiting);
         let room = self.sleep_for_room(cb, s, need);
         cb.ring_waiting.store(0, Release);
+        futex_wake(&cb.ring_waiting);
         room
     }
 
@@ -337,6 +343,14 @@ fn punch_arena(region: &Region) -> bool {
         std::thread::sleep(PUNCH_PAUSE);
     }
     true
+}
+
+/// `FUTEX_WAKE` (shared: the profiler waits through its own mapping) of every waiter on
+/// `word`.
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: `word` is a live, aligned u32 in the shared mapping. A failure wakes
+    // nobody; a profiler then sees the word at the end of its bounded wait.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
 }
 
 /// `FUTEX_WAIT` (shared: the profiler wakes the word through its own mapping) while

@@ -113,7 +113,10 @@
 //! It never holds a task while it waits, and stores `ring_waiting = 1` before it
 //! sleeps and 0 when it goes on. A profiler may consume while the helper writes (both
 //! run at once: two CPUs) or only while `ring_waiting` is 1 and then the whole ring
-//! (they take turns: one CPU, when the machine has no other idle one to give). A
+//! (they take turns: one CPU, when the machine has no other idle one to give); the
+//! helper wakes `ring_waiting` (`FUTEX_WAKE`, shared) after each store to it and after
+//! it stores `help_done`, so that a profiler taking turns sleeps on that word instead
+//! of polling. A
 //! profiler that stops consuming early (a
 //! helper that stalled) walks the slots itself, and after STW 2, once no task is held,
 //! reads whatever lies between `ring_tail` and `ring_head`.
