@@ -468,23 +468,11 @@ fn synthetic() -> (Snapshot, Symbolizer) {
     let t =
         |id: u64, stack: u32, state: u32, reason: u32, wait_ns: u64, labels: &[(&str, &str)]| {
             TaskRecord {
-                id,
-                slot: id as u32,
                 state,
                 wait_reason: reason,
                 wait_ns,
-                parent_id: 1,
                 spawn: spawn.clone(),
-                extra: TaskExtra::new(
-                    None,
-                    labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                system: false,
-                stack,
-                recorded_by: RecordedBy::Tool,
+                ..task(id, stack, labels)
             }
         };
     use gprof_abi::{TaskState as S, WaitReason as W};

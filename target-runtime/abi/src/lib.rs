@@ -116,10 +116,9 @@
 //! (they take turns: one CPU, when the machine has no other idle one to give); the
 //! helper wakes `ring_waiting` (`FUTEX_WAKE`, shared) after each store to it and after
 //! it stores `help_done`, so that a profiler taking turns sleeps on that word instead
-//! of polling. A
-//! profiler that stops consuming early (a
-//! helper that stalled) walks the slots itself, and after STW 2, once no task is held,
-//! reads whatever lies between `ring_tail` and `ring_head`.
+//! of polling. A profiler that stops consuming early (a helper that stalled) walks the
+//! slots itself, and after STW 2, once no task is held, reads whatever lies between
+//! `ring_tail` and `ring_head`.
 //!
 //! The helper is not a worker: the STWs do not stop it, and it needs not be stopped,
 //! since it only takes tasks that are not running, through the same CASes the profiler
