@@ -1267,16 +1267,16 @@ mod tests {
         assert!(validate_descriptor(&good).is_ok());
         let mut d = good;
         d.magic = 0;
-        d.abi_version = 7;
+        d.abi_version = ABI_VERSION + 1;
         assert!(
             matches!(validate_descriptor(&d), Err(Error::BadTargetData(m)) if m.contains("magic"))
         );
         let mut d = good;
-        d.abi_version = 7;
+        d.abi_version = ABI_VERSION + 1;
         d.slot_size = 9999;
         assert!(matches!(
             validate_descriptor(&d),
-            Err(Error::AbiMismatch { found: 7, .. })
+            Err(Error::AbiMismatch { found, .. }) if found == ABI_VERSION + 1
         ));
         let mut d = good;
         d.slot_size = 9999;

@@ -43,6 +43,8 @@ pub(super) struct RingReader {
     buf: Vec<u8>,
     /// Read the ring while the helper writes it (two CPUs), rather than in turns.
     alongside: bool,
+    /// In turns: name our CPU to the helper at each handover (`help_cpu`).
+    name_cpu: bool,
     /// The helper's leftovers and end of pass.
     pub(super) marks: Marks,
     /// Records delivered.
@@ -58,6 +60,11 @@ impl RingReader {
         let cb = region.control();
         let tail = cb.ring_head.load(Acquire);
         cb.ring_tail.store(tail, Release);
+        // `GPROF_RS_HELPER_CPU=any`: leave the helper where the kernel wakes it (for
+        // benchmarks that compare both ways).
+        let name_cpu = !alongside && std::env::var("GPROF_RS_HELPER_CPU").as_deref() != Ok("any");
+        cb.help_cpu
+            .store(if name_cpu { our_cpu() } else { 0 }, Relaxed);
         RingReader {
             tail,
             len: region.ring_len(),
@@ -65,6 +72,7 @@ impl RingReader {
             slot_cap: region.layout().slot_cap,
             buf: Vec::new(),
             alongside,
+            name_cpu,
             marks: Marks::default(),
             records: 0,
             bytes: 0,
@@ -205,10 +213,21 @@ impl RingReader {
 
     /// Let the helper write over what we have read, and wake it if it waits for room.
     fn give_back(&self, cb: &gprof_abi::ControlBlock) {
+        if self.name_cpu {
+            // Where the helper is to run: here, where we are about to sleep (abi docs).
+            cb.help_cpu.store(our_cpu(), Relaxed);
+        }
         cb.ring_tail.store(self.tail, Release);
         cb.ring_wake.fetch_add(1, Release);
         super::wake_helper(&cb.ring_wake);
     }
+}
+
+/// The CPU the calling thread runs on, plus one (`help_cpu`); 0 if the kernel does not
+/// say.
+fn our_cpu() -> u32 {
+    // SAFETY: sched_getcpu has no preconditions.
+    u32::try_from(unsafe { libc::sched_getcpu() }).map_or(0, |c| c.saturating_add(1))
 }
 
 /// Should the tool read the ring while the helper writes it? Only when that leaves the

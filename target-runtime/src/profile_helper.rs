@@ -102,13 +102,74 @@ fn help(region: &Region) {
     }
     let g = session::generation(s);
     cb.help_ack.store(g, Release);
-    record_all(region, cb, s);
+    let mut pin = CpuPin::default();
+    record_all(region, cb, s, &mut pin);
+    drop(pin);
     cb.help_done.store(g, Release);
     // Its last turn: a profiler asleep on the word wakes to read the rest.
     futex_wake(&cb.ring_waiting);
 }
 
-fn record_all(region: &Region, cb: &ControlBlock, s: u64) {
+/// The helper kept on the CPU the profiler names in `help_cpu` (CPU + 1; abi docs,
+/// "Profile helper") while it records a session, and given its own CPU set back
+/// afterwards. A profiler taking turns names the CPU it runs on each time it hands the
+/// ring back: a futex wake is not a "sync" wakeup, so the kernel would otherwise keep
+/// the helper on whatever CPU it last ran on, often one a worker runs on, and the
+/// helper would preempt that worker at every turn (sched_switch traces of 1M-task
+/// snapshots, BENCHMARKS.md). [`CpuPin::follow`] is called between records and after
+/// each wait for room. The value is the profiler's word:
+/// anything the kernel refuses (no such CPU, outside our cpuset) leaves the helper
+/// where it was.
+#[derive(Default)]
+struct CpuPin {
+    /// The `help_cpu` value in force.
+    asked: u32,
+    /// Our CPU set before the first pin.
+    saved: Option<libc::cpu_set_t>,
+}
+
+impl CpuPin {
+    fn follow(&mut self, asked: u32) {
+        if asked == self.asked {
+            return;
+        }
+        self.asked = asked;
+        let size = size_of::<libc::cpu_set_t>();
+        if self.saved.is_none() {
+            // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
+            let mut saved: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            // SAFETY: the calling thread's (0) affinity into a set of `size` bytes.
+            if unsafe { libc::sched_getaffinity(0, size, &mut saved) } != 0 {
+                return;
+            }
+            self.saved = Some(saved);
+        }
+        let target = match asked.checked_sub(1) {
+            Some(cpu) if (cpu as usize) < libc::CPU_SETSIZE as usize => {
+                // SAFETY: as above.
+                let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+                // SAFETY: writes bit `cpu` < CPU_SETSIZE of `one`.
+                unsafe { libc::CPU_SET(cpu as usize, &mut one) };
+                one
+            }
+            _ => self.saved.expect("saved above"),
+        };
+        // SAFETY: the calling thread's (0) affinity from a set of `size` bytes. A
+        // refusal leaves it as it was.
+        unsafe { libc::sched_setaffinity(0, size, &target) };
+    }
+}
+
+impl Drop for CpuPin {
+    fn drop(&mut self) {
+        if let Some(saved) = self.saved.take() {
+            // SAFETY: restores the calling thread's own affinity from a set it read.
+            unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &saved) };
+        }
+    }
+}
+
+fn record_all(region: &Region, cb: &ControlBlock, s: u64, pin: &mut CpuPin) {
     let g = session::generation(s);
     let in_progress = prof::pack(g, prof::IN_PROGRESS);
     let satisfied = prof::pack(g, prof::SATISFIED);
@@ -116,8 +177,11 @@ fn record_all(region: &Region, cb: &ControlBlock, s: u64) {
     let hwm = cb.slot_hwm.load(Acquire).min(u64::from(region::SLOT_CAP)) as u32;
     let mut i = 0;
     while i < hwm {
-        if i % SESSION_CHECK_EVERY == 0 && cb.session.load(Acquire) != s {
-            return;
+        if i % SESSION_CHECK_EVERY == 0 {
+            if cb.session.load(Acquire) != s {
+                return;
+            }
+            pin.follow(cb.help_cpu.load(Acquire));
         }
         let slot = region.slot(i);
         let p = match slot.try_hold(g) {
@@ -158,6 +222,7 @@ fn record_all(region: &Region, cb: &ControlBlock, s: u64) {
             if !ring.wait_for_room(cb, s, shape.need) {
                 return;
             }
+            pin.follow(cb.help_cpu.load(Acquire));
             continue;
         };
         // SAFETY: `reserve` handed us [dst, dst + need) inside the ring, which the

@@ -92,6 +92,27 @@ fn records_through_a_ring_smaller_than_the_snapshot_are_all_there() {
     assert!(t.finish().success());
 }
 
+/// In turns the helper keeps to the tool's CPU for the session (`help_cpu`), and has
+/// its own CPU set back once the snapshot returns: the target is left as it was.
+#[test]
+fn in_turns_the_helper_works_on_the_tools_cpu_and_gets_its_cpus_back() {
+    let mut t = Target::start("fixture", &["--workers", "2", "--recv", "1500"]);
+    let helper = crate::lease::helper_tid(t.pid);
+    let before = crate::lease::cpus_allowed(t.pid, helper);
+    for _ in 0..3 {
+        let mut session = Session::attach(t.pid).unwrap();
+        session.set_runtime_helper(HelperUse::InTurns);
+        let a = session.snapshot(Mode::Concurrent).unwrap();
+        drop(session);
+        assert_eq!(a.tasks.len(), 1501);
+        assert!(a.stats.recorded_runtime >= 900, "{:?}", a.stats);
+        assert_eq!(a.stats.helper_alongside, Some(false));
+        assert_eq!(crate::lease::cpus_allowed(t.pid, helper), before);
+    }
+    t.send("exit");
+    assert!(t.finish().success());
+}
+
 /// Bytes the kernel holds for the target's shared region (the memfd), from its
 /// `/proc/PID/fd` link.
 fn region_bytes(pid: u32) -> u64 {

@@ -102,7 +102,7 @@ fn sigkill_after_stw1_never_wedges_the_target() {
 }
 
 /// The TID of the runtime's profile helper thread, by its name.
-fn helper_tid(pid: u32) -> u32 {
+pub(crate) fn helper_tid(pid: u32) -> u32 {
     for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let tid: u32 = e.unwrap().file_name().to_str().unwrap().parse().unwrap();
         let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"));
@@ -150,6 +150,69 @@ fn sigkill_while_the_helper_waits_for_ring_room_never_wedges_the_target() {
             snap.stats
         );
     }
+    exits_promptly(t);
+}
+
+/// The CPUs a thread may run on, as the kernel lists them.
+pub(crate) fn cpus_allowed(pid: u32, tid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// In turns the helper keeps to the tool's CPU (`help_cpu`); the tool killed while the
+/// helper waits there for room in the ring leaves it pinned no longer than the
+/// session: once the runtime notices, the helper has its own CPU set back and records
+/// the next session.
+#[test]
+fn sigkill_while_the_helper_is_kept_on_the_tools_cpu_leaves_it_unpinned() {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        return; // one CPU: the pin would not show
+    }
+    let t = Target::start_with_env(
+        "fixture",
+        &["--workers", "2", "--recv", "2000"],
+        &[("GPROF_RT_RING_KB", "1024")],
+    );
+    let helper = helper_tid(t.pid);
+    let own = cpus_allowed(t.pid, helper);
+    let mut tool = stalled_tool_with(t.pid, "helper-woken", "turns");
+    // Woken before the tool said so, the helper pins itself, fills the ring and waits
+    // for room, asleep: poll for that state, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pinned = cpus_allowed(t.pid, helper);
+        let asleep = gprof_rs::process::stop::thread_state(t.pid, helper) == Some('S');
+        if asleep && pinned.parse::<u32>().is_ok() && pinned != own {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the helper, asleep: {asleep}, may run on {pinned} (its own set: {own}), not on the tool's CPU alone"
+        );
+        std::thread::yield_now();
+    }
+    tool.kill().unwrap();
+    tool.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cpus_allowed(t.pid, helper) != own {
+        assert!(
+            Instant::now() < deadline,
+            "the helper stayed pinned after its profiler died"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut s = Session::attach(t.pid).unwrap();
+    s.set_runtime_helper(gprof_rs::snapshot::HelperUse::Always);
+    let snap = s.snapshot(Mode::Concurrent).unwrap();
+    assert_eq!(snap.tasks.len(), 2001, "recv + main after recovery");
+    assert!(snap.stats.recorded_runtime >= 1000, "{:?}", snap.stats);
+    drop(s);
+    assert_eq!(cpus_allowed(t.pid, helper), own);
     exits_promptly(t);
 }
 

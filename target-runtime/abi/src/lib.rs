@@ -116,7 +116,11 @@
 //! (they take turns: one CPU, when the machine has no other idle one to give); the
 //! helper wakes `ring_waiting` (`FUTEX_WAKE`, shared) after each store to it and after
 //! it stores `help_done`, so that a profiler taking turns sleeps on that word instead
-//! of polling. A profiler that stops consuming early (a helper that stalled) walks the
+//! of polling. In turns the profiler also stores the CPU it runs on in `help_cpu` (v7,
+//! CPU + 1) before each wake of the helper, which keeps to that CPU until the next
+//! (looking at the word between records and after each wait for room) and goes back
+//! to its own CPU set when the session ends. A CPU the kernel refuses is ignored. A
+//! profiler that stops consuming early (a helper that stalled) walks the
 //! slots itself, and after STW 2, once no task is held, reads whatever lies between
 //! `ring_tail` and `ring_head`.
 //!
@@ -151,7 +155,7 @@ pub const DESCRIPTOR_SYMBOL: &str = "GPROF_RT_DESCRIPTOR";
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GPROFRT1");
 
 /// Version of everything in this crate. Bumped on any change of layout or protocol.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Bytes reserved for the [`ControlBlock`] at offset 0 of the region.
 pub const CONTROL_SIZE: u64 = 4096;
@@ -310,8 +314,14 @@ pub struct ControlBlock {
     /// otherwise. A profiler that does not want to run beside the helper reads the ring
     /// only then.
     pub ring_waiting: AtomicU32,
+    /// CPU the helper is to run on while it records, plus one; 0 for wherever the
+    /// kernel puts it (v7). Written by a profiler that takes turns with the helper,
+    /// before each wake.
+    pub help_cpu: AtomicU32,
+    /// Reserved, 0.
+    pub _reserved: u32,
 }
-const _: () = assert!(size_of::<ControlBlock>() == 256);
+const _: () = assert!(size_of::<ControlBlock>() == 264);
 const _: () = assert!(size_of::<ControlBlock>() as u64 <= CONTROL_SIZE);
 
 /// One record per worker thread.
