@@ -255,6 +255,8 @@ pub struct Session {
     reuse: bool,
     /// See [`Session::set_runtime_helper`].
     helper: HelperUse,
+    /// In turns, have the helper keep to the tool's CPU (abi docs, `help_cpu`).
+    helper_cpu: bool,
     cache: StackCache,
 }
 
@@ -306,6 +308,8 @@ impl Session {
             reuse: false,
             // For benchmarks that compare both ways.
             helper: HelperUse::from_env(),
+            // `GPROF_RS_HELPER_CPU=any`: leave the helper where the kernel wakes it.
+            helper_cpu: std::env::var("GPROF_RS_HELPER_CPU").as_deref() != Ok("any"),
             cache: StackCache::default(),
         })
     }
@@ -508,7 +512,12 @@ impl Session {
         let mut ring = None;
         if helping {
             stats.helper_alongside = Some(alongside);
-            ring = Some(ring::RingReader::start(&self.region, g, alongside));
+            ring = Some(ring::RingReader::start(
+                &self.region,
+                g,
+                alongside,
+                self.helper_cpu,
+            ));
             cb.help_seq.fetch_add(1, Release);
             wake_helper(&cb.help_seq);
             failpoint("helper-woken");

@@ -55,14 +55,18 @@ pub(super) struct RingReader {
 
 impl RingReader {
     /// Empty the ring for session `g` (its helper is idle: nothing moves `ring_head`),
-    /// before the helper is woken. `alongside`: see [`alongside`].
-    pub(super) fn start(region: &Region, g: u64, alongside: bool) -> RingReader {
+    /// before the helper is woken. `alongside`: see [`alongside`]. `keep_helper_here`:
+    /// in turns, have the helper keep to our CPU (`help_cpu`).
+    pub(super) fn start(
+        region: &Region,
+        g: u64,
+        alongside: bool,
+        keep_helper_here: bool,
+    ) -> RingReader {
         let cb = region.control();
         let tail = cb.ring_head.load(Acquire);
         cb.ring_tail.store(tail, Release);
-        // `GPROF_RS_HELPER_CPU=any`: leave the helper where the kernel wakes it (for
-        // benchmarks that compare both ways).
-        let name_cpu = !alongside && std::env::var("GPROF_RS_HELPER_CPU").as_deref() != Ok("any");
+        let name_cpu = !alongside && keep_helper_here;
         cb.help_cpu
             .store(if name_cpu { our_cpu() } else { 0 }, Relaxed);
         RingReader {
