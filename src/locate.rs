@@ -28,12 +28,13 @@ use gprof_abi::{
     ControlBlock, Descriptor, TaskSlot, WorkerRecord, ABI_VERSION, CONTROL_SIZE, LABELS_CAP, MAGIC,
     NAME_CAP, WORKER_CAP,
 };
-use object::{Object, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSegment};
 
 use crate::error::{from_proc_io, Error, Result};
 use crate::model::ModuleInfo;
 use crate::process::maps::{self, MapEntry};
 use crate::process::memory::{self, LiveMemory, RemoteMemory};
+use crate::unwind::{for_each_symbol, SymTable};
 
 /// Largest region we agree to map (address space only: the region is sparse).
 pub const MAX_REGION_LEN: u64 = 64 << 30;
@@ -197,10 +198,19 @@ fn find_descriptor_in(pid: u32, proc_dir: &str, obj: &Object_) -> Option<u64> {
     let cache = object::ReadCache::new(file);
     let elf = object::File::parse(&cache).ok()?;
     let name = gprof_abi::DESCRIPTOR_SYMBOL.as_bytes();
-    let sym = elf
-        .symbols()
-        .chain(elf.dynamic_symbols())
-        .find(|s| s.name_bytes().is_ok_and(|n| n == name) && !s.is_undefined())?;
+    let mut svma = None;
+    for table in [SymTable::Symtab, SymTable::Dynsym] {
+        for_each_symbol(&elf, table, |s| {
+            if s.name == name && s.is_defined {
+                svma = Some(s.svma);
+            }
+            svma.is_none()
+        });
+        if svma.is_some() {
+            break;
+        }
+    }
+    let svma = svma?;
     let segments: Vec<(u64, u64, u64)> = elf
         .segments()
         .map(|s| {
@@ -210,7 +220,7 @@ fn find_descriptor_in(pid: u32, proc_dir: &str, obj: &Object_) -> Option<u64> {
         .collect();
     let mappings: Vec<(u64, u64)> = obj.entries.iter().map(|m| (m.start, m.offset)).collect();
     let bias = load_bias(&segments, &mappings, page_size())?;
-    Some(sym.address().wrapping_add(bias))
+    Some(svma.wrapping_add(bias))
 }
 
 /// The descriptor was not found: say "not a target" only if `pid` is still a live

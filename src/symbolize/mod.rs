@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-
 use crate::model::ModuleInfo;
 use crate::unwind::file::{self, ElfData, FileKey, FileSource, LoadSegment, SymTable};
 use crate::unwind::lookup_address;
@@ -34,7 +33,6 @@ pub struct SymFrame {
     /// `lookup address - entry` is the `+0x..` offset of Go's text formats.
     pub entry: Option<u64>,
 }
-
 
 struct Sym {
     svma: u64,
@@ -372,7 +370,7 @@ mod tests {
             last.function.ends_with("known_function_for_symbolizer"),
             "{frames:?}"
         );
-        assert!(last.file.as_deref().unwrap().ends_with("symbolize.rs"));
+        assert!(last.file.as_deref().unwrap().ends_with("symbolize/mod.rs"));
         assert!(last.line > 0);
         assert_eq!(last.entry, Some(addr));
         // Cached and stable.

@@ -2,10 +2,11 @@
 //! symbolizer need (load segments, build id, the load bias of one mapping).
 //!
 //! Files are read with plain `pread(2)`, only the parts a parser asks for (headers, the
-//! CFI sections for the unwinder, the DWARF sections and symbol table for the
-//! symbolizer), parsed once, and dropped. Reading whole files cost the tool a 6 MB copy
-//! and ~1,500 page faults per binary, twice: ~10 ms of a 30 ms attach. No `mmap`, so a
-//! target that truncates its own binary can't SIGBUS us.
+//! CFI sections for the unwinder, the symbol tables), parsed once, and dropped. Reading
+//! whole files cost the tool a 6 MB copy and ~1,500 page faults per binary, twice:
+//! ~10 ms of a 30 ms attach. The one exception is the symbolizer's DWARF, megabytes of
+//! which it touches only a part: it maps the file (`symbolize/sections.rs`, which also
+//! says what a truncation under the mapping does).
 
 use std::io;
 use std::path::PathBuf;
@@ -246,6 +247,90 @@ pub fn load_bias(segments: &[LoadSegment], module: &ModuleInfo) -> u64 {
             module.start.wrapping_sub(svma_at_start)
         }
         None => module.start.wrapping_sub(module.file_offset),
+    }
+}
+
+/// One ELF symbol, as the symbolizer and the descriptor search need it.
+#[derive(Debug, Clone, Copy)]
+pub struct ElfSym<'d> {
+    /// Name bytes (not demangled).
+    pub name: &'d [u8],
+    /// `st_value`: an svma for the symbols of executables and libraries.
+    pub svma: u64,
+    /// `st_size`.
+    pub size: u64,
+    /// `STT_FUNC` and defined here (`Symbol::is_definition` of `object`).
+    pub is_function: bool,
+    /// Not `SHN_UNDEF`.
+    pub is_defined: bool,
+}
+
+/// Which symbol table [`for_each_symbol`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SymTable {
+    /// `.symtab`: every symbol, unless the file is stripped.
+    Symtab,
+    /// `.dynsym`: the exported and imported ones, kept by `strip`.
+    Dynsym,
+}
+
+/// Calls `each` with the symbols of one table of `obj` until it returns `false`.
+///
+/// Each table and its string table are read in one piece. `object`'s own symbol
+/// iterator looks every name up through the `ReadCache` of an open file, which is an
+/// `lseek` and a `read` per name: 13% of a 1k-task snapshot went to that, twice (the
+/// descriptor search and the symbolizer), and it ran on a CPU the target was using.
+pub fn for_each_symbol<'d, R: object::ReadRef<'d>>(
+    obj: &object::File<'d, R>,
+    table: SymTable,
+    each: impl FnMut(ElfSym<'d>) -> bool,
+) {
+    match obj {
+        object::File::Elf32(f) => elf_symbols(f, table, each),
+        object::File::Elf64(f) => elf_symbols(f, table, each),
+        _ => {}
+    }
+}
+
+fn elf_symbols<'d, Elf, R>(
+    f: &object::read::elf::ElfFile<'d, Elf, R>,
+    table: SymTable,
+    mut each: impl FnMut(ElfSym<'d>) -> bool,
+) where
+    Elf: object::read::elf::FileHeader<Endian = object::Endianness>,
+    R: object::ReadRef<'d>,
+{
+    use object::read::elf::Sym;
+    let endian = f.endian();
+    let table = match table {
+        SymTable::Symtab => f.elf_symbol_table(),
+        SymTable::Dynsym => f.elf_dynamic_symbol_table(),
+    };
+    if table.is_empty() {
+        return;
+    }
+    let Ok(strings) = f
+        .elf_section_table()
+        .section(table.string_section())
+        .and_then(|s| object::read::elf::SectionHeader::data(s, endian, f.data()))
+    else {
+        return;
+    };
+    let strings = object::StringTable::new(strings, 0, strings.len() as u64);
+    for sym in table.symbols() {
+        let Ok(name) = sym.name(endian, strings) else {
+            continue;
+        };
+        let keep_going = each(ElfSym {
+            name,
+            svma: sym.st_value(endian).into(),
+            size: sym.st_size(endian).into(),
+            is_function: sym.st_type() == object::elf::STT_FUNC && sym.is_definition(endian),
+            is_defined: !sym.is_undefined(endian),
+        });
+        if !keep_going {
+            return;
+        }
     }
 }
 

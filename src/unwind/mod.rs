@@ -36,7 +36,9 @@ use gimli::{
 };
 use object::{Object, ObjectSection};
 
-pub use file::{ElfData, FileKey, FileSource, LocalFiles, ProcFiles};
+pub use file::{
+    for_each_symbol, ElfData, ElfSym, FileKey, FileSource, LocalFiles, ProcFiles, SymTable,
+};
 
 use crate::model::ModuleInfo;
 
