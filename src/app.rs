@@ -50,6 +50,9 @@ pub fn attach(c: &AttachConfig) -> Result<()> {
             }
         }
     };
+    if c.format != OutputFormat::Tasks {
+        session.set_unordered();
+    }
     let mut snap = session.snapshot(c.mode)?;
     drop(session);
     if !c.include_system {
