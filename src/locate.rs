@@ -184,7 +184,7 @@ pub fn load_bias(segments: &[(u64, u64, u64)], mappings: &[(u64, u64)], page: u6
     None
 }
 
-fn page_size() -> u64 {
+pub(crate) fn page_size() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
         .flatten()
