@@ -37,7 +37,8 @@ use gimli::{
 use object::{Object, ObjectSection};
 
 pub use file::{
-    for_each_symbol, ElfData, ElfSym, FileKey, FileSource, LocalFiles, ProcFiles, SymTable,
+    for_each_symbol, ElfData, ElfSym, FileKey, FileSource, LocalFiles, ProcFiles, SectionBytes,
+    SymTable,
 };
 
 use crate::model::ModuleInfo;
@@ -102,26 +103,30 @@ struct CfiFile {
     got_svma: Option<std::ops::Range<u64>>,
     eh_frame_svma: Option<std::ops::Range<u64>>,
     eh_frame_hdr_svma: Option<std::ops::Range<u64>>,
-    eh_frame: Option<Arc<[u8]>>,
-    eh_frame_hdr: Option<Arc<[u8]>>,
-    debug_frame: Option<Arc<[u8]>>,
+    eh_frame: Option<SectionBytes>,
+    eh_frame_hdr: Option<SectionBytes>,
+    debug_frame: Option<SectionBytes>,
     segments: Vec<file::LoadSegment>,
 }
 
 impl CfiFile {
     fn parse(data: &ElfData) -> Result<CfiFile, String> {
-        crate::with_elf!(data, |obj| CfiFile::from_object(&obj))
+        crate::with_elf!(data, |obj| CfiFile::from_object(&obj, data.file()))
     }
 
-    fn from_object<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> CfiFile {
+    /// `file`, when given, is the open file behind `obj`: its CFI is read in place.
+    fn from_object<'d, R: object::ReadRef<'d>>(
+        obj: &object::File<'d, R>,
+        file: Option<&std::fs::File>,
+    ) -> CfiFile {
         let range = |name: &str| {
             obj.section_by_name(name)
                 .map(|s| s.address()..s.address().saturating_add(s.size()))
         };
-        let data = |name: &str| -> Option<Arc<[u8]>> {
+        let mapped = file.and_then(file::map);
+        let data = |name: &str| -> Option<SectionBytes> {
             let s = obj.section_by_name(name)?;
-            let d = s.uncompressed_data().ok()?;
-            (!d.is_empty()).then(|| Arc::from(&*d))
+            SectionBytes::of(&s, mapped.as_ref()).filter(|d| !d.is_empty())
         };
         CfiFile {
             text_svma: range(".text"),
@@ -135,7 +140,7 @@ impl CfiFile {
         }
     }
 
-    fn section_info(&self) -> ExplicitModuleSectionInfo<Arc<[u8]>> {
+    fn section_info(&self) -> ExplicitModuleSectionInfo<SectionBytes> {
         ExplicitModuleSectionInfo {
             base_svma: 0,
             text_svma: self.text_svma.clone(),
@@ -227,7 +232,7 @@ struct Active {
 /// Unwinds copied stacks of one target process, reusing parsed files and the framehop
 /// rule cache across calls and snapshots.
 pub struct Unwinder {
-    inner: UnwinderX86_64<Arc<[u8]>>,
+    inner: UnwinderX86_64<SectionBytes>,
     cache: CacheX86_64,
     source: Box<dyn FileSource + Send>,
     files: HashMap<FileKey, Option<Arc<CfiFile>>>,
