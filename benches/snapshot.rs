@@ -213,7 +213,7 @@ struct Sample {
     stw2_us: f64,
     /// Tool: process start to exit. Go: around WriteTo.
     e2e_ms: f64,
-    /// Tool: snapshot total from --stats.
+    /// Tool: the profile session (STW 1 to STW 2) from --stats; the noise window.
     snap_ms: f64,
     /// Tool: peak RSS (rusage; includes the target's task table, mapped shared).
     rss_kb: f64,
@@ -325,7 +325,7 @@ fn parse_stats(err: &str) -> Sample {
     Sample {
         stw1_us: after("STW1"),
         stw2_us: after("STW2"),
-        snap_ms: after("total"),
+        snap_ms: after("session"),
         tasks: before("tasks"),
         bytes_copied: before("stack"),
         ..Sample::default()
@@ -375,7 +375,7 @@ fn main() {
     let mut raw = std::fs::File::create(&raw_path).expect("raw.tsv");
     writeln!(
         raw,
-        "tasks\tvariant\tmode\trep\tgap_us\tlife_gap_us\tstw1_us\tstw2_us\te2e_ms\tsnap_ms\trss_kb\tanon_kb\tbytes_copied\trecorded\tsteal_ms\tlost_tool_us\tlost_tool_max_us\tlost_others_us\tlost_others_max_us"
+        "tasks\tvariant\tmode\trep\tgap_us\tlife_gap_us\tstw1_us\tstw2_us\te2e_ms\tsession_ms\trss_kb\tanon_kb\tbytes_copied\trecorded\tsteal_ms\tlost_tool_us\tlost_tool_max_us\tlost_others_us\tlost_others_max_us"
     )
     .unwrap();
     let mut all: BTreeMap<(usize, String, String), Vec<Sample>> = BTreeMap::new();

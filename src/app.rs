@@ -160,10 +160,11 @@ fn write_output(
 fn print_stats(s: &Snapshot) {
     let st = &s.stats;
     eprintln!(
-        "gprof-rs: {} tasks; STW1 {:.1} us, STW2 {:.1} us, total {:.2} ms; {} threads; recorded: {} at STW1, {} by the tool, {} by the runtime; {} torn; {} stack bytes copied",
+        "gprof-rs: {} tasks; STW1 {:.1} us, STW2 {:.1} us, session {:.2} ms, total {:.2} ms; {} threads; recorded: {} at STW1, {} by the tool, {} by the runtime; {} torn; {} stack bytes copied",
         s.tasks.len(),
         st.stw1_ns as f64 / 1e3,
         st.stw2_ns as f64 / 1e3,
+        st.session_ns as f64 / 1e6,
         st.total_ns as f64 / 1e6,
         st.threads,
         st.recorded_stw,

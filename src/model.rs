@@ -159,6 +159,9 @@ pub struct SnapshotStats {
     pub stw1_ns: u64,
     /// Wall time of STW 2, nanoseconds.
     pub stw2_ns: u64,
+    /// The profile session, from STW 1's first interrupt to STW 2's last resume (the
+    /// one stop, in `--mode stw`): while it lasts every task switch checks the barrier.
+    pub session_ns: u64,
     /// Whole snapshot, attach to detach, nanoseconds.
     pub total_ns: u64,
     /// Threads stopped.

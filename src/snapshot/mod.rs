@@ -439,6 +439,7 @@ impl Session {
         let mut copies = Vec::new();
         let mut _active = None;
         let stw1_mono;
+        let stw1_began;
         let self_recorded_at_stw1;
         let live_at_stw1;
         let hwm_at_stw1;
@@ -510,6 +511,8 @@ impl Session {
             failpoint("in-stw1");
             let resumed = stop.resume();
             stats.stw1_ns = (resumed - t.first_interrupt).as_nanos() as u64;
+            stw1_began = t.first_interrupt;
+            stats.session_ns = stats.stw1_ns;
         }
         failpoint("after-stw1");
         if interrupted() {
@@ -668,6 +671,7 @@ impl Session {
                 failpoint("in-stw2");
                 let resumed = stop.resume();
                 stats.stw2_ns = (resumed - t.first_interrupt).as_nanos() as u64;
+                stats.session_ns = (resumed - stw1_began).as_nanos() as u64;
             }
             // A worker that won a task's CAS before STW 2 may not have reserved its arena
             // record yet (its thread was descheduled): the task is in no other record, so
