@@ -35,7 +35,7 @@ set edit:completion:arg-completer[gprof-rs] = {|@words|
             cand --mode '`concurrent`: two short stops, tasks recorded while the target runs (default). `stw`: everything inside one stop, like Go''s old synchronous profile; the pause then grows with the number of tasks'
             cand --blocked-longer-than 'Leak hunting: keep only the tasks that have been waiting (on a channel, a lock, a sleep, I/O, ...) for longer than DUR, e.g. `10m`, `1h`, `0s` for every waiting task. The text format then shows each group''s oldest wait, as `# oldest wait: 3m12s (task 42)`'
             cand --wait 'If another profiler is attached to the target, wait for it to finish (at most DUR; 10s if no DUR is given) instead of failing with exit status 7. Give it after the PID, or as `--wait=DUR`'
-            cand --stats 'Print the pause lengths, task counts, bytes copied and the tool''s own memory to standard error'
+            cand --stats 'Print the pause lengths, how long the session between them lasted, task counts, bytes copied and the tool''s own memory to standard error'
             cand --system 'Include the runtime''s own system tasks'
             cand --all-frames 'Keep the runtime''s context-switch and task-entry frames, which are hidden by default because every task has them'
             cand -h 'Print help (see more with ''--help'')'

@@ -40,7 +40,7 @@ complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l mode -d '`c
 stw\t'One stop for the whole snapshot'"
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l blocked-longer-than -d 'Leak hunting: keep only the tasks that have been waiting (on a channel, a lock, a sleep, I/O, ...) for longer than DUR, e.g. `10m`, `1h`, `0s` for every waiting task. The text format then shows each group\'s oldest wait, as `# oldest wait: 3m12s (task 42)`' -r
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l wait -d 'If another profiler is attached to the target, wait for it to finish (at most DUR; 10s if no DUR is given) instead of failing with exit status 7. Give it after the PID, or as `--wait=DUR`' -r
-complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l stats -d 'Print the pause lengths, task counts, bytes copied and the tool\'s own memory to standard error'
+complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l stats -d 'Print the pause lengths, how long the session between them lasted, task counts, bytes copied and the tool\'s own memory to standard error'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l system -d 'Include the runtime\'s own system tasks'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -l all-frames -d 'Keep the runtime\'s context-switch and task-entry frames, which are hidden by default because every task has them'
 complete -c gprof-rs -n "__fish_gprof_rs_using_subcommand attach" -s h -l help -d 'Print help (see more with \'--help\')'

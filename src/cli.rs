@@ -201,8 +201,8 @@ pub struct AttachArgs {
     #[arg(long, value_enum, default_value_t = ModeArg::Concurrent, value_name = "MODE")]
     pub mode: ModeArg,
 
-    /// Print the pause lengths, task counts, bytes copied and the tool's own memory to
-    /// standard error.
+    /// Print the pause lengths, how long the session between them lasted, task counts,
+    /// bytes copied and the tool's own memory to standard error.
     #[arg(long)]
     pub stats: bool,
 
