@@ -39,6 +39,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use target_runtime::shared_futex;
 
 mod ring;
 
@@ -116,35 +117,6 @@ const HELPER_MIN_TASKS: u64 = 4096;
 /// and on a busy machine it waits for a CPU. A helper that cannot run at all (a
 /// job-stopped target) costs this once.
 const HELPER_START_WAIT: Duration = Duration::from_millis(20);
-
-/// Wake the runtime's profile helper, asleep on `word` (abi docs, "Profile helper").
-fn wake_helper(word: &std::sync::atomic::AtomicU32) {
-    // SAFETY: `word` is an aligned u32 in our shared mapping of the region, which
-    // outlives the call. Not FUTEX_PRIVATE: the waiter is another process, and a shared
-    // futex on a MAP_SHARED file mapping is keyed by the file page, the same in both.
-    // A failure (the helper is gone) only means nobody records for us: we walk anyway.
-    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1) };
-}
-
-/// Sleep on `word` while it is `val`, at most `timeout` (a wake, a changed value, a
-/// signal or the timeout all return: the caller looks again).
-fn wait_on_word(word: &std::sync::atomic::AtomicU32, val: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: as in wake_helper: an aligned u32 of our shared mapping, which outlives
-    // the call; `ts` outlives it too. Not FUTEX_PRIVATE: the waker is the target.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            val,
-            &ts as *const libc::timespec,
-        )
-    };
-}
 
 /// How long one stop may take before the threads that did not stop are given up on.
 const STOP_DEADLINE: Duration = Duration::from_secs(2);
@@ -536,7 +508,7 @@ impl Session {
                 self.helper_cpu,
             ));
             cb.help_seq.fetch_add(1, Release);
-            wake_helper(&cb.help_seq);
+            shared_futex::wake(&cb.help_seq);
             failpoint("helper-woken");
         }
 

@@ -16,6 +16,7 @@ use gprof_abi::{ArenaRecord, TaskSlot, SLOT_COPY_MIN};
 use std::mem::size_of;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
+use target_runtime::shared_futex;
 
 /// Bytes of the ring copied out at a time: about 1.3k records of a parked task.
 const WINDOW: u64 = 1 << 20;
@@ -143,7 +144,7 @@ impl RingReader {
                 // ring back, takes it again), instead of waking every POLL, which on a
                 // 2-CPU machine preempted whichever thread ran on the CPU we woke on,
                 // ten thousand times a second.
-                super::wait_on_word(&cb.ring_waiting, waiting, TURN_WAIT);
+                shared_futex::wait(&cb.ring_waiting, waiting, TURN_WAIT);
             }
         }
     }
@@ -223,7 +224,7 @@ impl RingReader {
         }
         cb.ring_tail.store(self.tail, Release);
         cb.ring_wake.fetch_add(1, Release);
-        super::wake_helper(&cb.ring_wake);
+        shared_futex::wake(&cb.ring_wake);
     }
 }
 

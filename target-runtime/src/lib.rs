@@ -53,6 +53,7 @@ mod profile_helper;
 mod region;
 mod rt;
 mod sched;
+pub mod shared_futex;
 mod stack;
 pub mod sync;
 pub mod task;

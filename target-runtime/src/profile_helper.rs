@@ -19,9 +19,9 @@
 
 use crate::profile::RecordShape;
 use crate::region::{self, Region};
+use crate::shared_futex;
 use gprof_abi::{prof, session, ArenaRecord, ControlBlock, Hold};
 use std::mem::size_of;
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::Once;
 use std::time::Duration;
@@ -74,7 +74,7 @@ fn run(region: &'static Region, keep: Duration) {
     let mut punched_at = cb.sessions.load(Relaxed);
     let mut looked_at = punched_at;
     loop {
-        futex_wait(&cb.help_seq, seen, keep);
+        shared_futex::wait(&cb.help_seq, seen, keep);
         let now = cb.help_seq.load(Acquire);
         if now != seen {
             seen = now;
@@ -107,7 +107,7 @@ fn help(region: &Region) {
     drop(pin);
     cb.help_done.store(g, Release);
     // Its last turn: a profiler asleep on the word wakes to read the rest.
-    futex_wake(&cb.ring_waiting);
+    shared_futex::wake(&cb.ring_waiting);
 }
 
 /// The helper kept on the CPU the profiler names in `help_cpu` (CPU + 1; abi docs,
@@ -340,10 +340,10 @@ impl Ring {
         // A profiler in turns with us sleeps on this word until it changes: its turn
         // now, ours again below.
         cb.ring_waiting.store(1, Release);
-        futex_wake(&cb.ring_waiting);
+        shared_futex::wake(&cb.ring_waiting);
         let room = self.sleep_for_room(cb, s, need);
         cb.ring_waiting.store(0, Release);
-        futex_wake(&cb.ring_waiting);
+        shared_futex::wake(&cb.ring_waiting);
         room
     }
 
@@ -364,7 +364,7 @@ impl Ring {
                 }
                 probed = std::time::Instant::now();
             }
-            futex_wait(&cb.ring_wake, w, RING_WAIT);
+            shared_futex::wait(&cb.ring_wake, w, RING_WAIT);
         }
     }
 }
@@ -408,33 +408,4 @@ fn punch_arena(region: &Region) -> bool {
         std::thread::sleep(PUNCH_PAUSE);
     }
     true
-}
-
-/// `FUTEX_WAKE` (shared: the profiler waits through its own mapping) of every waiter on
-/// `word`.
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: `word` is a live, aligned u32 in the shared mapping. A failure wakes
-    // nobody; a profiler then sees the word at the end of its bounded wait.
-    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
-}
-
-/// `FUTEX_WAIT` (shared: the profiler wakes the word through its own mapping) while
-/// `word` is `val`, at most `timeout`. Spurious and early returns are fine: the caller
-/// looks at the word again.
-fn futex_wait(word: &AtomicU32, val: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: `word` is a live, aligned u32 in the shared mapping; `ts` outlives the
-    // call. EINTR, EAGAIN (the value already changed) and ETIMEDOUT all just return.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            val,
-            &ts as *const libc::timespec,
-        )
-    };
 }
