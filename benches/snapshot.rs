@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo bench --bench snapshot -- [--tasks 1000,10000,100000] [--reps 5]
-//!     [--variants idle,loaded] [--modes concurrent,no-helper,stw,go,noise] [--workers 2]
+//!     [--variants idle,loaded] [--modes concurrent,no-assist,no-helper,stw,go,noise]
+//!     [--workers 2]
 //!     [--depth 8] [--tool PATH] [--target PATH] [--go PATH] [--out DIR] [--sched-trace]
 //! ```
 //!
@@ -23,8 +24,10 @@
 //!   probe reports its largest gap inside the profile session (from the gap holding
 //!   STW 1 to the one holding STW 2, found through the session word) and over the
 //!   tool's whole life (attach, symbolization and writing included).
-//! * `no-helper`: `concurrent` without the runtime's helper (`GPROF_RS_HELPER=never`):
-//!   what the helper bought.
+//! * `no-helper`: `concurrent` without the runtime's helper (`GPROF_RS_HELPER=never`,
+//!   which also leaves the workers' assists out): what the runtime's help bought.
+//! * `no-assist`: `concurrent` without the workers' assists (`GPROF_RS_ASSIST=never`;
+//!   they are asked only when every worker is busy): what they bought.
 //! * `go`: the Go target profiles itself; latency is around `WriteTo` alone, the gap
 //!   covers `WriteTo`.
 //! * `noise`: the Rust target's probe spins with no tool, for as long as the last
@@ -247,7 +250,8 @@ fn steal_ms() -> f64 {
 
 /// The tool as a child process, reaped with wait4 for its rusage.
 /// `no-helper`: concurrent, with the tool copying every task itself
-/// (`GPROF_RS_HELPER=never`), as before the runtime's profile helper.
+/// (`GPROF_RS_HELPER=never`), as before the runtime's profile helper. `no-assist`:
+/// concurrent without the workers' assists (`GPROF_RS_ASSIST=never`).
 fn run_tool(o: &Opts, pid: u32, mode: &str) -> Sample {
     let stw = mode == "stw";
     let file = o.out.join("snapshot.pb.gz");
@@ -262,6 +266,9 @@ fn run_tool(o: &Opts, pid: u32, mode: &str) -> Sample {
     }
     if mode == "no-helper" {
         cmd.env("GPROF_RS_HELPER", "never");
+    }
+    if mode == "no-assist" {
+        cmd.env("GPROF_RS_ASSIST", "never");
     }
     let t0 = Instant::now();
     // Reaped below with wait4 (for its rusage), not Child::wait.
@@ -439,7 +446,7 @@ fn main() {
                     let mode = &o.modes[(j + rep) % k];
                     let steal_before = steal_ms();
                     let mut s = match mode.as_str() {
-                        "concurrent" | "stw" | "no-helper" => {
+                        "concurrent" | "stw" | "no-helper" | "no-assist" => {
                             rt.cmd("wake");
                             std::thread::sleep(SETTLE);
                             rt.cmd("reset");
@@ -584,7 +591,7 @@ fn report(o: &Opts, all: &BTreeMap<(usize, String, String), Vec<Sample>>, loads:
     println!("| N | variant | mode | probe worst gap in session µs | … over the tool's life µs | STW 1 µs | STW 2 µs | end-to-end ms | tool peak RSS MB | tool peak private (RssAnon) MB | stack bytes copied / task | host steal ms |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for ((n, v, m), s) in all {
-        let tool = matches!(m.as_str(), "concurrent" | "stw" | "no-helper");
+        let tool = matches!(m.as_str(), "concurrent" | "stw" | "no-helper" | "no-assist");
         let e2e_name = match m.as_str() {
             "go" => " (WriteTo)",
             "noise" => " (window)",

@@ -176,15 +176,19 @@ fn print_stats(s: &Snapshot) {
     eprintln!(
         "gprof-rs: phases: with the runtime {:.2} ms ({}), walked {:.2} ms ({}), read the rest after STW2 {:.2} ms; {} bytes of runtime records; {} stacks unwound from a remembered walk",
         st.wait_ns as f64 / 1e6,
-        match st.helper_alongside {
-            Some(true) => "its helper's records unwound as it wrote them",
-            Some(false) => "its helper's records unwound in turns with it",
-            None => "waiting for busy tasks to record themselves; no helper",
+        match (st.helper_alongside, st.assist_covered) {
+            (Some(true), _) => "its helper's records unwound as it wrote them",
+            (Some(false), _) => "its helper's records unwound in turns with it",
+            (None, Some(true)) => "its workers recorded every parked task between their own",
+            (None, Some(false)) =>
+                "its workers recorded parked tasks between their own, then stalled or left some",
+            (None, None) => "waiting for busy tasks to record themselves; no helper",
         },
         st.walk_ns as f64 / 1e6,
-        match st.helper_leftovers {
-            Some(n) => format!("the {n} slots the helper left"),
-            None => "the whole table".to_string(),
+        match (st.helper_leftovers, st.assist_covered) {
+            (_, Some(true)) => "no slot".to_string(),
+            (Some(n), _) => format!("the {n} slots the helper left"),
+            (None, _) => "the whole table".to_string(),
         },
         st.arena_ns as f64 / 1e6,
         st.runtime_bytes,

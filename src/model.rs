@@ -203,6 +203,11 @@ pub struct SnapshotStats {
     /// When the helper's pass covered every slot alive at STW 1: how many slots it left
     /// to the tool, which walked only those (`None`: the tool walked the whole table).
     pub helper_leftovers: Option<u64>,
+    /// Whether the target's workers were asked to record the parked tasks between their
+    /// own (abi docs, "Worker assists"): `Some(true)` when they covered every slot (the
+    /// tool walked none), `Some(false)` when they stalled or left some, `None` if not
+    /// asked.
+    pub assist_covered: Option<bool>,
     /// Stacks given the frames of an earlier walk of the same shape instead of being
     /// walked (`unwind/memo.rs`).
     pub memo_hits: u64,

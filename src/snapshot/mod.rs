@@ -29,8 +29,8 @@ use crate::process::priority::RealtimeGuard;
 use crate::process::stop::{StoppedThread, Tracer};
 use crate::unwind::{ProcFiles, Unwinder};
 use gprof_abi::{
-    prof, session, ArenaRecord, Hold, TaskSlot, TaskState, LABELS_CAP, MAX_STACK_COPY, NAME_CAP,
-    SLOT_COPY_MIN,
+    assist, prof, session, ArenaRecord, Hold, TaskSlot, TaskState, WorkerRecord, LABELS_CAP,
+    MAX_STACK_COPY, NAME_CAP, SLOT_COPY_MIN,
 };
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
@@ -83,6 +83,31 @@ impl HelperUse {
     }
 }
 
+/// When the target's workers are asked to record the parked tasks between their own
+/// (abi docs, "Worker assists").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssistUse {
+    /// When every worker was busy at STW 1, the tasks fit the arena comfortably (see
+    /// `ASSIST_MAX_TASKS`) and the helper was left to decide ([`HelperUse::Auto`]).
+    Auto,
+    /// Whenever the snapshot could (concurrent, no stack reuse).
+    Always,
+    /// Never.
+    Never,
+}
+
+impl AssistUse {
+    /// `GPROF_RS_ASSIST=never|auto|always` (for benchmarks and tests that compare the
+    /// ways); `Auto` when unset or unrecognised.
+    pub fn from_env() -> AssistUse {
+        match std::env::var("GPROF_RS_ASSIST").as_deref() {
+            Ok("never") => AssistUse::Never,
+            Ok("always") => AssistUse::Always,
+            _ => AssistUse::Auto,
+        }
+    }
+}
+
 /// Bytes below the stack pointer copied for a thread stopped at an arbitrary
 /// instruction: the x86_64 red zone, where the switch's final `jmp` reads its target.
 const RED_ZONE: u64 = 128;
@@ -117,6 +142,24 @@ const HELPER_MIN_TASKS: u64 = 4096;
 /// and on a busy machine it waits for a CPU. A helper that cannot run at all (a
 /// job-stopped target) costs this once.
 const HELPER_START_WAIT: Duration = Duration::from_millis(20);
+
+/// More tasks than this at STW 1 and the workers are not asked to assist: their records
+/// go to the arena, which the tool reads only after STW 2 (~70 MB at 100k tasks, fresh
+/// pages in the target on a first snapshot), where the helper's ring is a few MiB
+/// unwound while it fills.
+const ASSIST_MAX_TASKS: u64 = 65536;
+
+/// While workers assist, the tool looks at their progress at least this often (the last
+/// batch wakes it sooner).
+const ASSIST_POLL: Duration = Duration::from_millis(1);
+
+/// Workers that record nothing for this long are not switching (their tasks do not
+/// yield): the tool walks the slots itself.
+const ASSIST_STALL: Duration = Duration::from_millis(2);
+
+/// Longest time the tool leaves the recording to assisting workers, however steadily
+/// they progress.
+const MAX_ASSIST_WAIT: Duration = Duration::from_secs(1);
 
 /// How long one stop may take before the threads that did not stop are given up on.
 const STOP_DEADLINE: Duration = Duration::from_secs(2);
@@ -229,6 +272,8 @@ pub struct Session {
     helper: HelperUse,
     /// In turns, have the helper keep to the tool's CPU (abi docs, `help_cpu`).
     helper_cpu: bool,
+    /// See [`AssistUse`].
+    assist: AssistUse,
     cache: StackCache,
 }
 
@@ -282,6 +327,7 @@ impl Session {
             helper: HelperUse::from_env(),
             // `GPROF_RS_HELPER_CPU=any`: leave the helper where the kernel wakes it.
             helper_cpu: std::env::var("GPROF_RS_HELPER_CPU").as_deref() != Ok("any"),
+            assist: AssistUse::from_env(),
             cache: StackCache::default(),
         })
     }
@@ -357,6 +403,13 @@ impl Session {
         self.helper = helper;
     }
 
+    /// When a concurrent snapshot asks the target's workers to record the parked tasks
+    /// between their own (abi docs, "Worker assists"). By default `GPROF_RS_ASSIST`,
+    /// else [`AssistUse::Auto`].
+    pub fn set_assist(&mut self, assist: AssistUse) {
+        self.assist = assist;
+    }
+
     /// Reuse, from one snapshot to the next, the stack of every task that has not been
     /// resumed in between (`TaskSlot::resumes` unchanged): no copy and no unwind for it.
     /// For periodic sampling of a mostly idle target (thousands of tasks parked for
@@ -415,6 +468,7 @@ impl Session {
         let self_recorded_at_stw1;
         let live_at_stw1;
         let hwm_at_stw1;
+        let assisting;
         {
             let workers = worker_tids(&self.region);
             let _rt = RealtimeGuard::raise();
@@ -465,6 +519,24 @@ impl Session {
             stats.threads = stop.threads().len() as u32;
             record_current(&self.region, &self.mem, stop.threads(), g, &mut copies)?;
             stats.recorded_stw = copies.len() as u64;
+            // The counts first, the session word that asks for assists last: a worker
+            // that sees the request sees them (abi docs, "Worker assists").
+            assisting = assist_wanted(
+                (self.assist, self.helper),
+                self.reuse,
+                &self.region,
+                mode,
+                live_at_stw1,
+            );
+            if assisting {
+                cb.assist_next.store(assist::pack(g, 0), Relaxed);
+                cb.assist_end.store(u64::from(hwm_at_stw1), Relaxed);
+                cb.assist_done.store(assist::pack(g, 0), Relaxed);
+                cb.assist_left.store(0, Relaxed);
+                cb.assist_session.store(session::pack(g, flags), Release);
+            } else {
+                cb.assist_session.store(0, Release);
+            }
             if mode == Mode::StopTheWorld {
                 let mut skipped = Vec::new();
                 walk(
@@ -493,7 +565,8 @@ impl Session {
         // A one-shot snapshot asks the runtime's profile helper to record the parked
         // tasks in-process (abi docs, "Profile helper"): a memcpy there instead of a
         // page-pinning system call here.
-        let helping = self.helper_wanted(mode, live_at_stw1)
+        let helping = !assisting
+            && self.helper_wanted(mode, live_at_stw1)
             && cb.helper_tid.load(Acquire) != 0
             // Idle: it finished the last session it began, so nothing else writes the
             // ring (a helper still busy with an aborted session is left alone).
@@ -529,6 +602,11 @@ impl Session {
                     &interrupted,
                     &mut |c| fin.add(c),
                 )?;
+            } else if assisting {
+                // The workers record between their own tasks; the tool stays off the
+                // CPUs (it would make one of them wait) until they are done or stall.
+                let covered = wait_assists(&self.region, g, hwm_at_stw1)?;
+                stats.assist_covered = Some(covered);
             } else if !self.walk_delay.is_zero() {
                 // While the runtime keeps recording tasks, or until it has recorded
                 // as many as were alive at STW 1, at most the delay: once a poll sees
@@ -571,6 +649,10 @@ impl Session {
                 .as_mut()
                 .filter(|r| r.marks.pass_done.is_some_and(|h| h >= hwm_at_stw1))
                 .map(|r| std::mem::take(&mut r.marks.leftovers));
+            // Workers that visited every slot and left none: nothing to walk. (Their
+            // `leftovers` would be wrong after STW 2, though: a slot another runtime
+            // thread was recording counts as done, and may still be held then.)
+            let walk_none = stats.assist_covered == Some(true);
             stats.helper_leftovers = leftovers.as_ref().map(|l| l.len() as u64);
             // Each batch is unwound straight from the walk's buffer once its tasks are
             // released.
@@ -579,7 +661,8 @@ impl Session {
                 &self.mem,
                 g,
                 match &leftovers {
-                    Some(l) => Box::new(l.iter().copied()) as Box<dyn Iterator<Item = u32>>,
+                    _ if walk_none => Box::new(0..0u32) as Box<dyn Iterator<Item = u32>>,
+                    Some(l) => Box::new(l.iter().copied()),
                     None => Box::new(0..hwm()),
                 },
                 RecordedBy::Tool,
@@ -710,6 +793,81 @@ impl Session {
             stats,
         })
     }
+}
+
+/// After STW 1 of an assisted snapshot: sleep while the target's workers record the
+/// slots below `end`, waking when the last batch is done (`assist_wake`) or every
+/// [`ASSIST_POLL`] to look at their progress. `true` when they visited every slot and
+/// left none; `false` when they stopped progressing for [`ASSIST_STALL`] (tasks that do
+/// not yield), or the session ended: then the tool walks every slot.
+fn wait_assists(region: &Region, g: u64, end: u32) -> Result<bool> {
+    let cb = region.control();
+    let started = Instant::now();
+    let mut last = 0;
+    let mut moved = started;
+    loop {
+        let seq = cb.assist_wake.load(Acquire);
+        let w = cb.assist_done.load(Acquire);
+        if !assist::is_generation(w, g)
+            || cb.session.load(Acquire) != session::pack(g, session::ACTIVE)
+        {
+            return Ok(false);
+        }
+        let done = assist::count(w);
+        if done >= u64::from(end) {
+            return Ok(cb.assist_left.load(Acquire) == 0);
+        }
+        let now = Instant::now();
+        if done != last {
+            last = done;
+            moved = now;
+        } else if now - moved >= ASSIST_STALL || now - started >= MAX_ASSIST_WAIT {
+            return Ok(false);
+        }
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
+        // Nothing is held by the tool meanwhile; the beat only says it is alive.
+        cb.heartbeat.fetch_add(1, Relaxed);
+        shared_futex::wait(&cb.assist_wake, seq, ASSIST_POLL);
+    }
+}
+
+/// Does a snapshot ask the target's workers to assist, with `live` tasks alive and the
+/// workers as STW 1 found them? Not when stacks are reused across samples (`reuse`: the
+/// workers would copy every task), nor when a worker was idle: the helper or the tool
+/// then has a CPU to itself, and nobody would wake that worker to assist.
+/// A helper asked for by name (`HelperUse` other than `Auto`) is used instead.
+fn assist_wanted(
+    (assist, helper): (AssistUse, HelperUse),
+    reuse: bool,
+    region: &Region,
+    mode: Mode,
+    live: u64,
+) -> bool {
+    mode == Mode::Concurrent
+        && !reuse
+        && match assist {
+            AssistUse::Never => false,
+            AssistUse::Auto => {
+                helper == HelperUse::Auto && live <= ASSIST_MAX_TASKS && every_worker_busy(region)
+            }
+            AssistUse::Always => true,
+        }
+}
+
+/// Was every worker of the target running a task or looking for one (none asleep)? At
+/// STW 1, with every worker stopped.
+fn every_worker_busy(region: &Region) -> bool {
+    let n = region
+        .control()
+        .worker_count
+        .load(SeqCst)
+        .min(gprof_abi::WORKER_CAP);
+    (0..n)
+        .filter_map(|w| region.worker(w))
+        .filter(|rec| rec.tid.load(SeqCst) != 0)
+        .all(|rec| rec.status.load(Relaxed) == WorkerRecord::ACTIVE)
 }
 
 fn mono_ns() -> u64 {

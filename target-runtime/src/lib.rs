@@ -49,6 +49,7 @@ mod local;
 mod overflow;
 mod park;
 mod profile;
+mod profile_assist;
 mod profile_helper;
 mod region;
 mod rt;

@@ -251,14 +251,20 @@ fn run_task(w: &WorkerCtx, task: TaskRef) {
     // Name the task before the barrier check, so that a thread stopped anywhere past
     // this point has its task recorded by the profiler during STW 1 (abi docs).
     rec.current.store(u64::from(task.slot) + 1, Relaxed);
-    if cfg!(not(feature = "no-profile-barrier"))
-        && region.control().session.load(Relaxed) & session::ACTIVE != 0
-        && crate::profile::before_run(&task) == crate::profile::Barrier::Deferred
-    {
-        rec.current.store(0, Relaxed);
-        w.shared.injector.push(task);
-        std::thread::yield_now();
-        return;
+    if cfg!(not(feature = "no-profile-barrier")) {
+        let cb = region.control();
+        let s = cb.session.load(Relaxed);
+        if s & session::ACTIVE != 0 {
+            // A batch of parked tasks for a profiler that asked the workers, then this
+            // task's own barrier.
+            crate::profile_assist::assist(cb, s);
+            if crate::profile::before_run(&task) == crate::profile::Barrier::Deferred {
+                rec.current.store(0, Relaxed);
+                w.shared.injector.push(task);
+                std::thread::yield_now();
+                return;
+            }
+        }
     }
     task.run_state.store(run_state::RUNNING, Relaxed);
     slot.state.store(TaskState::RUNNING, Relaxed);

@@ -12,7 +12,7 @@
 use crate::target::Target;
 use gprof_abi::TaskState;
 use gprof_rs::model::{RecordedBy, Snapshot};
-use gprof_rs::snapshot::{HelperUse, Mode, Session};
+use gprof_rs::snapshot::{AssistUse, HelperUse, Mode, Session};
 use gprof_rs::symbolize::Symbolizer;
 use gprof_rs::unwind::ProcFiles;
 use std::collections::{BTreeMap, HashMap};
@@ -299,10 +299,17 @@ fn churn(duration: Option<std::time::Duration>, reuse: bool) {
         // Every other snapshot without the runtime's profile helper, so that the tool's
         // own walk records parked tasks too (with it, the helper records them, its ring
         // read alongside or in turns).
+        // One in four asks the workers to assist (abi docs, "Worker assists").
         session.set_runtime_helper(match i % 4 {
             0 => HelperUse::Alongside,
             2 => HelperUse::InTurns,
+            3 => HelperUse::Auto,
             _ => HelperUse::Never,
+        });
+        session.set_assist(if i % 4 == 3 {
+            AssistUse::Always
+        } else {
+            AssistUse::Never
         });
         let snap = session
             .snapshot(mode)
@@ -375,10 +382,20 @@ fn churn(duration: Option<std::time::Duration>, reuse: bool) {
         trusted.len(),
         trusted.iter().sum::<u64>()
     );
+    // Snapshots where the workers' assists covered the table and the tool walked none.
+    let covered = snaps
+        .iter()
+        .filter(|(_, s)| s.stats.assist_covered == Some(true))
+        .count();
+    eprintln!("churn: {covered} snapshots recorded by assisting workers alone");
     if !reuse {
         assert!(
             !trusted.is_empty(),
             "no helper pass was trusted: the path is untested"
+        );
+        assert!(
+            covered > 0,
+            "no assisted pass covered the table: the path is untested"
         );
     }
     if reuse {

@@ -1,5 +1,6 @@
 //! The single integration test binary (`autotests = false`); one module per area.
 
+mod assist;
 mod attach;
 mod cli_docs;
 mod helper;

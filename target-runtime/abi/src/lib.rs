@@ -124,6 +124,24 @@
 //! slots itself, and after STW 2, once no task is held, reads whatever lies between
 //! `ring_tail` and `ring_head`.
 //!
+//! Worker assists (v8): when every worker is busy a helper thread (and the profiler
+//! itself) would be one more runnable thread than there are CPUs, and the kernel makes
+//! some running task wait for it. Then the profiler asks the workers instead, as Go's
+//! profile goroutine shares its scheduler with the tasks it records. During STW 1 it
+//! stores `assist_next = 0`, `assist_end = slot_hwm`, `assist_done = 0`, `assist_left =
+//! 0` (the two counts tagged with `g`, see [`assist`]), then `assist_session = g |
+//! ACTIVE`. A worker about to run a task while that is the session word takes a batch
+//! of slots (CAS on `assist_next`, only if it is tagged `g` and below `assist_end`) and
+//! visits each as the helper does (step 2's CASes; records go to the arena, as the
+//! barrier's, so the profiler reads them after STW 2); a slot it cannot leave recorded
+//! or free it counts in `assist_left`. It stops visiting when the session word
+//! changes; otherwise it then adds the batch's slot count to `assist_done` (CAS, only
+//! if tagged `g`), and when the sum reaches `assist_end` adds 1 to `assist_wake` and
+//! wakes it. A profiler that finds `assist_done` at `assist_end` and `assist_left == 0`
+//! has the workers' word that every slot alive at STW 1 is recorded or needs nothing,
+//! and walks none; otherwise (the workers stopped switching, a slot was left) it walks
+//! every slot, the CASes deciding who takes each.
+//!
 //! The helper is not a worker: the STWs do not stop it, and it needs not be stopped,
 //! since it only takes tasks that are not running, through the same CASes the profiler
 //! uses. The profiler then walks every slot itself (the helper's are SATISFIED and
@@ -155,7 +173,7 @@ pub const DESCRIPTOR_SYMBOL: &str = "GPROF_RT_DESCRIPTOR";
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GPROFRT1");
 
 /// Version of everything in this crate. Bumped on any change of layout or protocol.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Bytes reserved for the [`ControlBlock`] at offset 0 of the region.
 pub const CONTROL_SIZE: u64 = 4096;
@@ -320,8 +338,29 @@ pub struct ControlBlock {
     pub help_cpu: AtomicU32,
     /// Reserved, 0.
     pub _reserved: u32,
+
+    // ---- worker assists (v8, "Worker assists" in the crate docs) ----
+    /// Session word (`g | ACTIVE`) for which the workers are asked to record parked
+    /// tasks between two of their own; any other value asks nothing. Written by the
+    /// profiler during STW 1, after the other `assist_*` words.
+    pub assist_session: AtomicU64,
+    /// Next slot to hand out, tagged with the session's generation (see [`assist`]): a
+    /// worker takes a batch by CAS, only from the generation it read.
+    pub assist_next: AtomicU64,
+    /// Slots `[0, assist_end)` are to be visited (`slot_hwm` at STW 1).
+    pub assist_end: AtomicU64,
+    /// Slots of `[0, assist_end)` the workers have finished visiting, tagged with the
+    /// generation (see [`assist`]; added to by CAS, only in the generation read).
+    pub assist_done: AtomicU64,
+    /// Futex word the profiler sleeps on while workers assist: the worker whose batch
+    /// brings `assist_done` to `assist_end` adds 1 and wakes it (`FUTEX_WAKE`, shared).
+    pub assist_wake: AtomicU32,
+    /// Slots a worker visited but left neither recorded nor free (a spawner was
+    /// publishing it, someone else held it, the arena was full): if not 0 the profiler
+    /// walks every slot itself.
+    pub assist_left: AtomicU32,
 }
-const _: () = assert!(size_of::<ControlBlock>() == 264);
+const _: () = assert!(size_of::<ControlBlock>() == 304);
 const _: () = assert!(size_of::<ControlBlock>() as u64 <= CONTROL_SIZE);
 
 /// One record per worker thread.
@@ -610,6 +649,28 @@ pub mod arena {
     /// Bytes used.
     pub const fn used(word: u64) -> u64 {
         word & OFFSET_MASK
+    }
+}
+
+/// Packing of [`ControlBlock::assist_next`] and [`ControlBlock::assist_done`]: the
+/// generation's low 32 bits above a 32-bit slot count, so that a worker held up since
+/// an older session (stopped by this one's STW 1 between its loads and its CAS) can
+/// neither take slots from nor add to this one's counts.
+pub mod assist {
+    /// Bits of the slot count.
+    pub const COUNT_BITS: u32 = 32;
+    const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+    /// Build a word.
+    pub const fn pack(generation: u64, count: u64) -> u64 {
+        (generation << COUNT_BITS) | (count & COUNT_MASK)
+    }
+    /// Does `word` belong to session `g` (compared in the bits the word keeps)?
+    pub const fn is_generation(word: u64, g: u64) -> bool {
+        word >> COUNT_BITS == (g << COUNT_BITS) >> COUNT_BITS
+    }
+    /// The slot count.
+    pub const fn count(word: u64) -> u64 {
+        word & COUNT_MASK
     }
 }
 
