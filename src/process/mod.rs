@@ -2,6 +2,7 @@
 
 pub mod maps;
 pub mod memory;
+pub mod placement;
 pub mod priority;
 pub mod regs;
 pub mod stop;

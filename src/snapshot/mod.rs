@@ -25,6 +25,7 @@ use crate::model::{
     TaskExtra, TaskRecord,
 };
 use crate::process::memory::{pod_from_bytes, LiveMemory, RemoteMemory};
+use crate::process::placement;
 use crate::process::priority::RealtimeGuard;
 use crate::process::stop::{StoppedThread, Tracer};
 use crate::unwind::{ProcFiles, Unwinder};
@@ -460,6 +461,8 @@ impl Session {
         // count (a hint: the vector grows if more come), never past the slots in use.
         let live_hint = cb.live_tasks.load(Relaxed).min(u64::from(hwm())) as usize;
         let tasks_vec = prefaulted_vec(live_hint + live_hint / 16 + 64);
+        // A worker our set-up displaced runs again before it is stopped (placement.rs).
+        placement::give_way();
         // ---- STW 1 ----
         let mut copies = Vec::new();
         let mut _active = None;
@@ -728,6 +731,9 @@ impl Session {
                 stats.stw2_ns = (resumed - t.first_interrupt).as_nanos() as u64;
                 stats.session_ns = (resumed - stw1_began).as_nanos() as u64;
             }
+            // The workers resumed on our CPU run before we go on (placement.rs).
+            placement::give_way();
+
             // A worker that won a task's CAS before STW 2 may not have reserved its arena
             // record yet (its thread was descheduled): the task is in no other record, so
             // wait for its hold to end and read the arena's length again.
@@ -761,6 +767,8 @@ impl Session {
             }
             stats.arena_ns = t_arena.elapsed().as_nanos() as u64;
         } else {
+            // As after STW 2 above.
+            placement::give_way();
             for c in copies {
                 fin.add(c);
             }

@@ -231,8 +231,7 @@ impl RingReader {
 /// The CPU the calling thread runs on, plus one (`help_cpu`); 0 if the kernel does not
 /// say.
 fn our_cpu() -> u32 {
-    // SAFETY: sched_getcpu has no preconditions.
-    u32::try_from(unsafe { libc::sched_getcpu() }).map_or(0, |c| c.saturating_add(1))
+    crate::process::placement::current_cpu().map_or(0, |c| c.saturating_add(1))
 }
 
 /// Should the tool read the ring while the helper writes it? Only when that leaves the
