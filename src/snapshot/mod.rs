@@ -213,7 +213,8 @@ pub fn interrupted() -> bool {
 /// `in-stw1` (every worker stopped, session active, running tasks recorded),
 /// `after-stw1` (target running, session active, no task held), `helper-woken` (the
 /// runtime's helper asked to record, its ring not consumed: it fills it and waits for
-/// room), `mid-walk` (a batch of tasks held IN_PROGRESS), `before-stw2` (walk done,
+/// room), `assist-asked` (the workers asked to record between their tasks; they go on
+/// without the tool), `mid-walk` (a batch of tasks held IN_PROGRESS), `before-stw2` (walk done,
 /// nothing held, session active), `in-stw2` (every worker stopped, session no longer
 /// active).
 fn failpoint(name: &str) {
@@ -608,6 +609,7 @@ impl Session {
             } else if assisting {
                 // The workers record between their own tasks; the tool stays off the
                 // CPUs (it would make one of them wait) until they are done or stall.
+                failpoint("assist-asked");
                 let covered = wait_assists(&self.region, g, hwm_at_stw1)?;
                 stats.assist_covered = Some(covered);
             } else if !self.walk_delay.is_zero() {

@@ -41,10 +41,11 @@ pub const DEATH_BOUND: Duration = Duration::from_secs(1);
 const ANSWER: Duration = Duration::from_secs(20);
 
 /// The failpoints of `src/snapshot/mod.rs`, in snapshot order.
-const POINTS: [&str; 6] = [
+const POINTS: [&str; 7] = [
     "in-stw1",
     "after-stw1",
     "helper-woken",
+    "assist-asked",
     "mid-walk",
     "before-stw2",
     "in-stw2",
@@ -333,6 +334,16 @@ struct Tool {
 }
 
 fn tool(args: &[&str], failpoint: Option<&str>) -> Tool {
+    tool_with(
+        args,
+        failpoint,
+        failpoint.is_some_and(|p| p.starts_with("assist-asked")),
+    )
+}
+
+/// [`tool`]; `assisted`: the target's workers are asked to record the parked tasks
+/// (abi docs, "Worker assists") instead of the runtime's helper.
+fn tool_with(args: &[&str], failpoint: Option<&str>, assisted: bool) -> Tool {
     let mut cmd = gprof_rs();
     cmd.args(args)
         .stdin(Stdio::piped())
@@ -347,6 +358,10 @@ fn tool(args: &[&str], failpoint: Option<&str>) -> Tool {
         if p.starts_with("mid-walk") {
             cmd.env("GPROF_RS_HELPER", "never");
         }
+    }
+    if assisted {
+        cmd.env("GPROF_RS_HELPER", "auto");
+        cmd.env("GPROF_RS_ASSIST", "always");
     }
     let mut child = cmd.spawn().expect("start gprof-rs");
     let err = BufReader::new(child.stderr.take().unwrap());
@@ -475,10 +490,17 @@ fn kill_trials(trials: usize) {
             std::thread::sleep(Duration::from_micros(rng.below(3000)));
             (POINTS[k].to_string(), t)
         } else {
-            // Anywhere in a whole run: locating, either stop, the walk, writing.
-            let t = tool(&["attach", &pid, "-o", "/dev/null"], None);
+            // Anywhere in a whole run: locating, either stop, the walk (or the workers'
+            // assists, every other time), writing.
+            let assisted = k > POINTS.len();
+            let t = tool_with(&["attach", &pid, "-o", "/dev/null"], None, assisted);
             std::thread::sleep(Duration::from_micros(rng.below(full.as_micros() as u64)));
-            ("random".to_string(), t)
+            let kind = if assisted {
+                "random-assisted"
+            } else {
+                "random"
+            };
+            (kind.to_string(), t)
         };
         let at = format!("trial {i} (SIGKILL at {kind})");
         eprintln!("{at}");
