@@ -66,7 +66,8 @@ pub enum HelperUse {
     Alongside,
     /// Always, and the tool and the helper take turns on the ring.
     InTurns,
-    /// Never: the tool copies every task.
+    /// Never: the tool copies every task (no worker assists either, unless
+    /// [`AssistUse::Always`]).
     Never,
 }
 
