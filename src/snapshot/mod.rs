@@ -4,8 +4,11 @@
 //! ```text
 //! STW 1   ptrace-stop every worker thread                            O(workers)
 //!         session = g | ACTIVE; record the task each worker names as current
-//!         resume; wake the runtime's profile helper (4096 tasks or more)
+//!         resume; wake the runtime's profile helper (4096 tasks or more), or,
+//!         every worker busy (65536 tasks at most), ask the workers to assist
 //! follow  unwind the helper's records from its ring as it writes them (ring.rs)
+//! assist  sleep while the workers record parked tasks between their own; walk
+//!         nothing if they covered every slot
 //! walk    for each slot (only those the helper left, if its pass was whole): CAS
 //!         absent -> IN_PROGRESS(g), copy registers and stack, CAS -> SATISFIED(g);
 //!         unwind the copy after the task is released
