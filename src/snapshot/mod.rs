@@ -873,13 +873,7 @@ fn assist_wanted(
 /// Was every worker of the target running a task or looking for one (none asleep)? At
 /// STW 1, with every worker stopped.
 fn every_worker_busy(region: &Region) -> bool {
-    let n = region
-        .control()
-        .worker_count
-        .load(SeqCst)
-        .min(gprof_abi::WORKER_CAP);
-    (0..n)
-        .filter_map(|w| region.worker(w))
+    worker_records(region)
         .filter(|rec| rec.tid.load(SeqCst) != 0)
         .all(|rec| rec.status.load(Relaxed) == WorkerRecord::ACTIVE)
 }
@@ -981,16 +975,20 @@ fn stack_span(s: &TaskSlot) -> Option<(u64, u64)> {
 /// [`Tracer::stop_threads`]). Untrusted: the tracer checks that each is a thread of
 /// the target before seizing it.
 fn worker_tids(region: &Region) -> Vec<u32> {
+    worker_records(region)
+        .map(|rec| rec.tid.load(SeqCst))
+        .filter(|&tid| tid != 0)
+        .collect()
+}
+
+/// The worker records the target says are in use (`worker_count`, bounded by the table).
+fn worker_records(region: &Region) -> impl Iterator<Item = &WorkerRecord> {
     let n = region
         .control()
         .worker_count
         .load(SeqCst)
         .min(gprof_abi::WORKER_CAP);
-    (0..n)
-        .filter_map(|w| region.worker(w))
-        .map(|rec| rec.tid.load(SeqCst))
-        .filter(|&tid| tid != 0)
-        .collect()
+    (0..n).filter_map(|w| region.worker(w))
 }
 
 /// STW 1: tasks that workers are running or about to run.

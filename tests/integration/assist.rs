@@ -2,31 +2,10 @@
 //! workers record the parked tasks between their own instead of the tool, with the same
 //! result as the tool's own walk; workers that never get to assist leave it to the tool.
 
+use crate::helper::{waiting_stacks, ARGS as BUSY};
 use crate::target::Target;
 use gprof_rs::model::Snapshot;
 use gprof_rs::snapshot::{AssistUse, HelperUse, Mode, Session};
-use std::collections::BTreeMap;
-
-/// Two workers, both kept busy by a task that yields every few microseconds.
-const BUSY: &[&str] = &[
-    "--workers",
-    "2",
-    "--recv",
-    "1500",
-    "--sleep",
-    "300",
-    "--busy",
-    "2",
-];
-
-/// Frames (return addresses) of every waiting task, by task id.
-fn waiting_stacks(s: &Snapshot) -> BTreeMap<u64, Vec<u64>> {
-    s.tasks
-        .iter()
-        .filter(|t| t.state == gprof_abi::TaskState::WAITING)
-        .map(|t| (t.id, s.stacks.get(t.stack).addrs.clone()))
-        .collect()
-}
 
 fn snapshot(pid: u32, assist: AssistUse, helper: HelperUse) -> Snapshot {
     let mut session = Session::attach(pid).unwrap();

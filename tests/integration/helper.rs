@@ -8,7 +8,9 @@ use gprof_rs::snapshot::{HelperUse, Mode, Session};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-const ARGS: &[&str] = &[
+/// Two workers, both kept busy by a task that yields every few microseconds, and 1800
+/// parked tasks.
+pub(crate) const ARGS: &[&str] = &[
     "--workers",
     "2",
     "--recv",
@@ -20,7 +22,7 @@ const ARGS: &[&str] = &[
 ];
 
 /// Frames (return addresses) of every waiting task, by task id.
-fn waiting_stacks(s: &Snapshot) -> BTreeMap<u64, Vec<u64>> {
+pub(crate) fn waiting_stacks(s: &Snapshot) -> BTreeMap<u64, Vec<u64>> {
     s.tasks
         .iter()
         .filter(|t| t.state == gprof_abi::TaskState::WAITING)
