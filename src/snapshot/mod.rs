@@ -835,7 +835,8 @@ fn wait_assists(region: &Region, g: u64, end: u32) -> Result<bool> {
         if done != last {
             last = done;
             moved = now;
-        } else if now - moved >= ASSIST_STALL || now - started >= MAX_ASSIST_WAIT {
+        }
+        if now - moved >= ASSIST_STALL || now - started >= MAX_ASSIST_WAIT {
             return Ok(false);
         }
         if interrupted() {
