@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! cargo bench --bench snapshot -- [--tasks 1000,10000,100000] [--reps 5]
-//!     [--variants idle,loaded] [--modes concurrent,no-assist,no-helper,stw,go,noise]
-//!     [--workers 2]
+//!     [--variants idle,loaded]
+//!     [--modes concurrent,no-assist,no-give-way,no-helper,stw,go,noise] [--workers 2]
 //!     [--depth 8] [--tool PATH] [--target PATH] [--go PATH] [--out DIR] [--sched-trace]
 //! ```
 //!
@@ -28,6 +28,8 @@
 //!   which also leaves the workers' assists out): what the runtime's help bought.
 //! * `no-assist`: `concurrent` without the workers' assists (`GPROF_RS_ASSIST=never`;
 //!   they are asked only when every worker is busy): what they bought.
+//! * `no-give-way`: `concurrent` without the tool's 200 µs sleeps before STW 1 and
+//!   after STW 2 (`GPROF_RS_GIVE_WAY=never`): what they bought.
 //! * `go`: the Go target profiles itself; latency is around `WriteTo` alone, the gap
 //!   covers `WriteTo`.
 //! * `noise`: the Rust target's probe spins with no tool, for as long as the last
@@ -251,7 +253,8 @@ fn steal_ms() -> f64 {
 /// The tool as a child process, reaped with wait4 for its rusage.
 /// `no-helper`: concurrent, with the tool copying every task itself
 /// (`GPROF_RS_HELPER=never`), as before the runtime's profile helper. `no-assist`:
-/// concurrent without the workers' assists (`GPROF_RS_ASSIST=never`).
+/// concurrent without the workers' assists (`GPROF_RS_ASSIST=never`). `no-give-way`:
+/// concurrent without the sleeps around the stops (`GPROF_RS_GIVE_WAY=never`).
 fn run_tool(o: &Opts, pid: u32, mode: &str) -> Sample {
     let stw = mode == "stw";
     let file = o.out.join("snapshot.pb.gz");
@@ -269,6 +272,9 @@ fn run_tool(o: &Opts, pid: u32, mode: &str) -> Sample {
     }
     if mode == "no-assist" {
         cmd.env("GPROF_RS_ASSIST", "never");
+    }
+    if mode == "no-give-way" {
+        cmd.env("GPROF_RS_GIVE_WAY", "never");
     }
     let t0 = Instant::now();
     // Reaped below with wait4 (for its rusage), not Child::wait.
@@ -446,7 +452,7 @@ fn main() {
                     let mode = &o.modes[(j + rep) % k];
                     let steal_before = steal_ms();
                     let mut s = match mode.as_str() {
-                        "concurrent" | "stw" | "no-helper" | "no-assist" => {
+                        "concurrent" | "stw" | "no-helper" | "no-assist" | "no-give-way" => {
                             rt.cmd("wake");
                             std::thread::sleep(SETTLE);
                             rt.cmd("reset");
@@ -591,7 +597,10 @@ fn report(o: &Opts, all: &BTreeMap<(usize, String, String), Vec<Sample>>, loads:
     println!("| N | variant | mode | probe worst gap in session µs | … over the tool's life µs | STW 1 µs | STW 2 µs | end-to-end ms | tool peak RSS MB | tool peak private (RssAnon) MB | stack bytes copied / task | host steal ms |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for ((n, v, m), s) in all {
-        let tool = matches!(m.as_str(), "concurrent" | "stw" | "no-helper" | "no-assist");
+        let tool = matches!(
+            m.as_str(),
+            "concurrent" | "stw" | "no-helper" | "no-assist" | "no-give-way"
+        );
         let e2e_name = match m.as_str() {
             "go" => " (WriteTo)",
             "noise" => " (window)",

@@ -18,6 +18,7 @@
 //! without, 0.23 ms (2 of 30) with. The tool's later work still takes its slices; that
 //! shows in the gap over the tool's whole life, which the benchmark reports as well.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// How long the tool sleeps to let a displaced or resumed thread run: long enough for a
@@ -30,7 +31,11 @@ pub fn current_cpu() -> Option<u32> {
     u32::try_from(unsafe { libc::sched_getcpu() }).ok()
 }
 
-/// Sleep for [`GIVE_WAY`] (module docs).
+/// Sleep for [`GIVE_WAY`] (module docs). `GPROF_RS_GIVE_WAY=never` in the tool's
+/// environment turns it off (the benchmark's `no-give-way` mode compares both ways).
 pub fn give_way() {
-    std::thread::sleep(GIVE_WAY);
+    static ON: OnceLock<bool> = OnceLock::new();
+    if *ON.get_or_init(|| std::env::var("GPROF_RS_GIVE_WAY").as_deref() != Ok("never")) {
+        std::thread::sleep(GIVE_WAY);
+    }
 }
