@@ -77,26 +77,10 @@ fn barrier(cb: &ControlBlock, task: &Task, slot: &TaskSlot, s: u64) -> Option<Ba
             {
                 continue;
             }
-            // Both ends of the hold are CASes: if this thread was held up since it loaded
-            // `s` and a later session's STW 1 has meanwhile recorded the task (it is this
-            // worker's current task) and marked it SATISFIED, that word must stay.
-            let held = prof::pack(g, prof::IN_PROGRESS);
-            if record_self(cb, task.slot, task.id, slot, g) {
-                cb.self_recorded.fetch_add(1, Relaxed);
-                let done = prof::pack(g, prof::SATISFIED);
-                let _ = slot.prof.compare_exchange(held, done, Release, Relaxed);
-                return Some(Barrier::Run);
-            }
-            // No room: give it back to the profiler, which walks every slot.
-            if slot
-                .prof
-                .compare_exchange(held, p, Release, Relaxed)
-                .is_err()
-            {
-                return Some(Barrier::Run);
-            }
-            cb.arena_full.fetch_add(1, Relaxed);
-            return Some(Barrier::Deferred);
+            return Some(match record_held(cb, task.slot, task.id, slot, g, p) {
+                Recorded::Yes | Recorded::Lost => Barrier::Run,
+                Recorded::GivenBack => Barrier::Deferred,
+            });
         }
         if prof::generation(p) == g && prof::state(p) == prof::IN_PROGRESS {
             // The profiler is copying this task (it holds a batch for one read). Run
@@ -146,12 +130,58 @@ fn note_session(cb: &ControlBlock) {
     }
 }
 
+/// What [`record_held`] did with a task.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// Its record is in the arena and it is `SATISFIED(g)`.
+    Yes,
+    /// No room (or the arena is a newer session's): given back to the profiler, which
+    /// walks every slot again (`arena_full`).
+    GivenBack,
+    /// Not recorded, and the word is no longer ours to give back: a later session's
+    /// STW 1 has taken the task meanwhile.
+    Lost,
+}
+
+/// Record the task in slot `index` (id `id`), which the caller holds `IN_PROGRESS(g)`
+/// after replacing the word `was`, into the arena, and release it: the runtime's side
+/// of protocol step 2, for the barrier and for worker assists alike.
+///
+/// Both ends of the hold are CASes: if this thread was held up since it loaded the
+/// session word and a later session's STW 1 has meanwhile recorded the task (a
+/// worker's current task) and marked it SATISFIED, that word must stay.
+pub(crate) fn record_held(
+    cb: &ControlBlock,
+    index: u32,
+    id: u64,
+    slot: &TaskSlot,
+    g: u64,
+    was: u64,
+) -> Recorded {
+    let held = prof::pack(g, prof::IN_PROGRESS);
+    if record_self(cb, index, id, slot, g) {
+        cb.self_recorded.fetch_add(1, Relaxed);
+        let done = prof::pack(g, prof::SATISFIED);
+        let _ = slot.prof.compare_exchange(held, done, Release, Relaxed);
+        return Recorded::Yes;
+    }
+    if slot
+        .prof
+        .compare_exchange(held, was, Release, Relaxed)
+        .is_err()
+    {
+        return Recorded::Lost;
+    }
+    cb.arena_full.fetch_add(1, Relaxed);
+    Recorded::GivenBack
+}
+
 /// Copy a held task's saved registers, slot fields and live stack into the arena.
 /// `false` when the arena is full, or the reservation fell into a newer session's.
 ///
 /// The caller holds the task `IN_PROGRESS(g)`: nobody runs it, so its stack, saved
 /// registers, name and labels stand still during the copy.
-pub(crate) fn record_self(cb: &ControlBlock, index: u32, id: u64, slot: &TaskSlot, g: u64) -> bool {
+fn record_self(cb: &ControlBlock, index: u32, id: u64, slot: &TaskSlot, g: u64) -> bool {
     let region = region::get();
     let shape = RecordShape::of(slot);
     let (arena, arena_len) = region.arena();

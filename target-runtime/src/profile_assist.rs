@@ -14,7 +14,7 @@
 //! Only called while a session is active, on the path that already checks the barrier:
 //! a switch with no profile active costs nothing more.
 
-use crate::profile::record_self;
+use crate::profile::{record_held, Recorded};
 use crate::region::{self, Region};
 use crate::shared_futex;
 use gprof_abi::{assist, prof, session, ControlBlock, Hold};
@@ -116,17 +116,9 @@ fn visit(region: &Region, cb: &ControlBlock, s: u64, slots: std::ops::Range<u32>
                 .compare_exchange(in_progress, was, SeqCst, Relaxed);
             continue;
         }
-        if record_self(cb, i, id, slot, g) {
-            cb.self_recorded.fetch_add(1, Relaxed);
-            let _ = slot
-                .prof
-                .compare_exchange(in_progress, satisfied, Release, Relaxed);
-        } else {
-            // Arena full (or reset by a newer session): the profiler's walk takes it.
-            let _ = slot
-                .prof
-                .compare_exchange(in_progress, was, SeqCst, Relaxed);
-            cb.arena_full.fetch_add(1, Relaxed);
+        // Given back (arena full): the profiler's walk takes it. Lost: a later session
+        // took it, and this one has ended.
+        if record_held(cb, i, id, slot, g, was) != Recorded::Yes {
             left += 1;
         }
     }
